@@ -1,0 +1,44 @@
+/* context.h — the per-step context: an arena for activations and the tape.
+ * kvf_ctx_reset drops every tensor made since the last reset and the tape, keeping the
+ * arena's memory for the next step. Gradient recording is on by default. */
+#ifndef KVF_CONTEXT_H
+#define KVF_CONTEXT_H
+
+#include "tensor.h"
+
+struct kvf_backend;
+struct kvf_ctx;
+typedef struct kvf_ctx kvf_ctx;
+
+kvf_ctx *kvf_ctx_init(kvf_device device); /* NULL (error set) if the backend is not built */
+void     kvf_ctx_free(kvf_ctx *ctx);
+void     kvf_ctx_reset(kvf_ctx *ctx);
+
+const struct kvf_backend *kvf_ctx_backend(const kvf_ctx *ctx);
+kvf_device kvf_ctx_device(const kvf_ctx *ctx);
+
+/* Returns the previous setting. With grad off, ops record nothing (evaluation). */
+bool kvf_ctx_set_grad(kvf_ctx *ctx, bool enabled);
+bool kvf_ctx_grad_enabled(const kvf_ctx *ctx);
+
+/* Bytes of arena memory in use / reserved (for memory reports). */
+size_t kvf_ctx_arena_used(const kvf_ctx *ctx);
+size_t kvf_ctx_arena_reserved(const kvf_ctx *ctx);
+
+/* New arena tensors on the ctx's device, contiguous. new: uninitialised. */
+kvf_tensor *kvf_tensor_new(kvf_ctx *ctx, kvf_dtype dtype, int ndim, const int64_t *shape);
+kvf_tensor *kvf_tensor_zeros(kvf_ctx *ctx, kvf_dtype dtype, int ndim, const int64_t *shape);
+kvf_tensor *kvf_tensor_full(kvf_ctx *ctx, kvf_dtype dtype, int ndim, const int64_t *shape, double v);
+/* Copy host data (in the tensor's dtype, row-major) into a new tensor. */
+kvf_tensor *kvf_tensor_from_host(kvf_ctx *ctx, kvf_dtype dtype, int ndim, const int64_t *shape,
+                                 const void *host);
+/* A view header in the arena sharing t's storage (shape/strides to be set by the caller). */
+kvf_tensor *kvf_tensor_view_header(kvf_ctx *ctx, const kvf_tensor *t);
+
+/* Copy a tensor (any layout) to host memory in row-major order, in dtype t->dtype. */
+kvf_status kvf_tensor_to_host(const kvf_tensor *t, void *host, size_t nbytes);
+
+/* Raw arena memory, aligned to 64 bytes, on the ctx's device. */
+void *kvf_ctx_alloc(kvf_ctx *ctx, size_t nbytes);
+
+#endif

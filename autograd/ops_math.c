@@ -1,0 +1,282 @@
+/* ops_math.c — matmul, broadcasting arithmetic, unary functions, sums, SwiGLU. */
+#include <string.h>
+
+#include "ops_impl.h"
+
+static kvf_status gemm(kvf_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                       int64_t batch, const kvf_tensor *a, int64_t sa, const kvf_tensor *b,
+                       int64_t sb, kvf_tensor *c, int64_t sc, double beta) {
+    kvf_gemm_args g = {
+        .trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k, .batch = batch,
+        .a = kvf_tensor_data(a), .b = kvf_tensor_data(b), .c = kvf_tensor_data(c),
+        .lda = ta ? m : k, .ldb = tb ? k : n, .ldc = n,
+        .stride_a = sa, .stride_b = sb, .stride_c = sc,
+        .alpha = 1.0, .beta = beta, .dtype = c->dtype,
+    };
+    return kvf_ctx_backend(ctx)->gemm(&g);
+}
+
+kvf_tensor *kvf_matmul(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b, bool trans_a, bool trans_b) {
+    kvf_tensor *in[2] = {a, b};
+    if (!kvf_ops_check_inputs(ctx, "matmul", 2, in)) return NULL;
+    if (!kvf_ops_check_float("matmul", a, "a") || !kvf_ops_check_float("matmul", b, "b"))
+        return NULL;
+    bool ok = a->ndim >= 2 && b->ndim >= 2 && a->dtype == b->dtype &&
+              (b->ndim == 2 || b->ndim == a->ndim);
+    for (int i = 0; ok && b->ndim > 2 && i < a->ndim - 2; i++) ok = a->shape[i] == b->shape[i];
+    int64_t m = trans_a ? a->shape[a->ndim - 1] : a->shape[a->ndim - 2];
+    int64_t k = trans_a ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1];
+    int64_t kb = trans_b ? b->shape[b->ndim - 1] : b->shape[b->ndim - 2];
+    int64_t n = trans_b ? b->shape[b->ndim - 2] : b->shape[b->ndim - 1];
+    if (!ok || k != kb) {
+        kvf_error_set(KVF_ERR_SHAPE, "matmul: a %s%s and b %s%s do not multiply", KVF_DESC(a),
+                      trans_a ? "ᵀ" : "", KVF_DESC(b), trans_b ? "ᵀ" : "");
+        return NULL;
+    }
+    a = kvf_contiguous(ctx, a);
+    b = kvf_contiguous(ctx, b);
+    if (!a || !b) return NULL;
+    int64_t shape[KVF_MAX_DIMS], batch = 1;
+    for (int i = 0; i < a->ndim - 2; i++) batch *= (shape[i] = a->shape[i]);
+    shape[a->ndim - 2] = m;
+    shape[a->ndim - 1] = n;
+    kvf_tensor *c = kvf_tensor_new(ctx, a->dtype, a->ndim, shape);
+    if (!c) return NULL;
+    bool shared_b = b->ndim == 2;
+    if (shared_b && !trans_a) /* one tall GEMM over every batch's rows */
+        KVF_OPS_CALL(gemm(ctx, false, trans_b, batch * m, n, k, 1, a, 0, b, 0, c, 0, 0.0));
+    else
+        KVF_OPS_CALL(gemm(ctx, trans_a, trans_b, m, n, k, batch, a, m * k, b, shared_b ? 0 : k * n,
+                          c, m * n, 0.0));
+    kvf_tensor *src[2] = {a, b};
+    kvf_node *nd = kvf_tape_record(ctx, KVF_OP_MATMUL, c, 2, src);
+    if (nd) {
+        nd->iparam[0] = trans_a;
+        nd->iparam[1] = trans_b;
+        nd->iparam[2] = m;
+        nd->iparam[3] = n;
+        nd->iparam[4] = k;
+        nd->iparam[5] = batch;
+    }
+    return c;
+}
+
+kvf_status kvf_matmul_backward(kvf_ctx *ctx, kvf_node *nd) {
+    kvf_tensor *a = nd->src[0], *b = nd->src[1], *gc = nd->out->grad;
+    bool ta = nd->iparam[0], tb = nd->iparam[1], shared_b = b->ndim == 2;
+    int64_t m = nd->iparam[2], n = nd->iparam[3], k = nd->iparam[4], batch = nd->iparam[5];
+    int64_t sb = shared_b ? 0 : k * n;
+    if (a->requires_grad) {
+        kvf_tensor *ga = kvf_grad_get(ctx, a);
+        if (!ga) return kvf_error_code();
+        if (!ta) /* dA = dC · op(B)ᵀ */
+            KVF_TRY(gemm(ctx, false, !tb, m, k, n, batch, gc, m * n, b, sb, ga, m * k, 1.0));
+        else /* A stored k×m: dA = op(B) · dCᵀ */
+            KVF_TRY(gemm(ctx, tb, true, k, m, n, batch, b, sb, gc, m * n, ga, m * k, 1.0));
+    }
+    if (b->requires_grad) {
+        kvf_tensor *gb = kvf_grad_get(ctx, b);
+        if (!gb) return kvf_error_code();
+        if (shared_b && !ta) { /* rows of every batch at once */
+            if (!tb) KVF_TRY(gemm(ctx, true, false, k, n, batch * m, 1, a, 0, gc, 0, gb, 0, 1.0));
+            else KVF_TRY(gemm(ctx, true, false, n, k, batch * m, 1, gc, 0, a, 0, gb, 0, 1.0));
+        } else if (!tb) { /* dB = op(A)ᵀ · dC */
+            KVF_TRY(gemm(ctx, !ta, false, k, n, m, batch, a, m * k, gc, m * n, gb, sb, 1.0));
+        } else { /* B stored n×k: dB = dCᵀ · op(A) */
+            KVF_TRY(gemm(ctx, true, ta, n, k, m, batch, gc, m * n, a, m * k, gb, sb, 1.0));
+        }
+    }
+    return KVF_OK;
+}
+
+/* NumPy broadcasting of a and b into out's shape; fills expanded views of both. */
+static bool broadcast(const char *op, const kvf_tensor *a, const kvf_tensor *b, int *ndim,
+                      int64_t *shape, kvf_tensor *va, kvf_tensor *vb) {
+    int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
+    *va = *a;
+    *vb = *b;
+    va->ndim = vb->ndim = nd;
+    for (int i = 0; i < nd; i++) {
+        int ia = i - (nd - a->ndim), ib = i - (nd - b->ndim);
+        int64_t ea = ia >= 0 ? a->shape[ia] : 1, eb = ib >= 0 ? b->shape[ib] : 1;
+        if (ea != eb && ea != 1 && eb != 1) {
+            kvf_error_set(KVF_ERR_SHAPE, "%s: shapes %s and %s do not broadcast (dim %d)", op,
+                          KVF_DESC(a), KVF_DESC(b), i);
+            return false;
+        }
+        shape[i] = ea > eb ? ea : eb;
+        if (ea == 0 || eb == 0) shape[i] = 0;
+        va->shape[i] = vb->shape[i] = shape[i];
+        va->stride[i] = (ia >= 0 && ea == shape[i]) ? a->stride[ia] : 0;
+        vb->stride[i] = (ib >= 0 && eb == shape[i]) ? b->stride[ib] : 0;
+    }
+    *ndim = nd;
+    return true;
+}
+
+static const char *binop_names[KVF_BINOP_COUNT] = {"add", "sub", "mul", "div"};
+
+static kvf_tensor *binary(kvf_ctx *ctx, kvf_binop op, kvf_tensor *a, kvf_tensor *b) {
+    const char *name = binop_names[op];
+    kvf_tensor *in[2] = {a, b};
+    if (!kvf_ops_check_inputs(ctx, name, 2, in)) return NULL;
+    if (!kvf_ops_check_float(name, a, "a") || !kvf_ops_check_float(name, b, "b")) return NULL;
+    KVF_CHECK_NULL(a->dtype == b->dtype, KVF_ERR_DTYPE, "%s: a %s and b %s differ in dtype", name,
+                   KVF_DESC(a), KVF_DESC(b));
+    int nd;
+    int64_t shape[KVF_MAX_DIMS];
+    kvf_tensor va, vb;
+    if (!broadcast(name, a, b, &nd, shape, &va, &vb)) return NULL;
+    kvf_tensor *c = kvf_tensor_new(ctx, a->dtype, nd, shape);
+    if (!c) return NULL;
+    KVF_OPS_CALL(kvf_ctx_backend(ctx)->binary(op, c, &va, &vb));
+    kvf_node *n = kvf_tape_record(ctx, KVF_OP_BINARY, c, 2, in);
+    if (n) n->iparam[0] = op;
+    return c;
+}
+
+kvf_tensor *kvf_add(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b) { return binary(ctx, KVF_BINOP_ADD, a, b); }
+kvf_tensor *kvf_sub(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b) { return binary(ctx, KVF_BINOP_SUB, a, b); }
+kvf_tensor *kvf_mul(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b) { return binary(ctx, KVF_BINOP_MUL, a, b); }
+kvf_tensor *kvf_div(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b) { return binary(ctx, KVF_BINOP_DIV, a, b); }
+
+kvf_status kvf_binary_backward(kvf_ctx *ctx, kvf_node *n) {
+    const kvf_backend *be = kvf_ctx_backend(ctx);
+    kvf_binop op = (kvf_binop)n->iparam[0];
+    kvf_tensor *a = n->src[0], *b = n->src[1], *g = n->out->grad;
+    int nd;
+    int64_t shape[KVF_MAX_DIMS];
+    kvf_tensor va, vb;
+    if (!broadcast("backward", a, b, &nd, shape, &va, &vb)) return kvf_error_code();
+    kvf_tensor *t = kvf_ops_like(ctx, g); /* full-shape scratch */
+    if (!t) return kvf_error_code();
+    if (a->requires_grad) {
+        kvf_tensor *ga = kvf_grad_get(ctx, a);
+        if (!ga) return kvf_error_code();
+        const kvf_tensor *contrib = g;
+        if (op == KVF_BINOP_MUL || op == KVF_BINOP_DIV) {
+            KVF_TRY(be->binary(op, t, g, &vb)); /* g·b or g/b */
+            contrib = t;
+        }
+        KVF_TRY(kvf_grad_accumulate(ctx, ga, contrib));
+    }
+    if (b->requires_grad) {
+        kvf_tensor *gb = kvf_grad_get(ctx, b);
+        if (!gb) return kvf_error_code();
+        switch (op) {
+        case KVF_BINOP_ADD: return kvf_grad_accumulate(ctx, gb, g);
+        case KVF_BINOP_SUB: KVF_TRY(be->unary(KVF_UNOP_SCALE, t, g, -1.0)); break;
+        case KVF_BINOP_MUL: KVF_TRY(be->binary(KVF_BINOP_MUL, t, g, &va)); break;
+        case KVF_BINOP_DIV: /* −g·a/b² = −(g/b)·out */
+            KVF_TRY(be->binary(KVF_BINOP_DIV, t, g, &vb));
+            KVF_TRY(be->binary(KVF_BINOP_MUL, t, t, n->out));
+            KVF_TRY(be->unary(KVF_UNOP_SCALE, t, t, -1.0));
+            break;
+        default: break;
+        }
+        KVF_TRY(kvf_grad_accumulate(ctx, gb, t));
+    }
+    return KVF_OK;
+}
+
+static kvf_tensor *unary(kvf_ctx *ctx, const char *name, kvf_unop op, kvf_tensor *x, double alpha) {
+    if (!kvf_ops_check_inputs(ctx, name, 1, &x) || !kvf_ops_check_float(name, x, "x")) return NULL;
+    kvf_tensor *y = kvf_ops_like(ctx, x);
+    if (!y) return NULL;
+    KVF_OPS_CALL(kvf_ctx_backend(ctx)->unary(op, y, x, alpha));
+    kvf_node *n = kvf_tape_record(ctx, KVF_OP_UNARY, y, 1, &x);
+    if (n) {
+        n->iparam[0] = op;
+        n->fparam[0] = alpha;
+    }
+    return y;
+}
+
+kvf_tensor *kvf_scale(kvf_ctx *ctx, kvf_tensor *x, double s) { return unary(ctx, "scale", KVF_UNOP_SCALE, x, s); }
+kvf_tensor *kvf_exp(kvf_ctx *ctx, kvf_tensor *x) { return unary(ctx, "exp", KVF_UNOP_EXP, x, 0); }
+kvf_tensor *kvf_log(kvf_ctx *ctx, kvf_tensor *x) { return unary(ctx, "log", KVF_UNOP_LOG, x, 0); }
+kvf_tensor *kvf_silu(kvf_ctx *ctx, kvf_tensor *x) { return unary(ctx, "silu", KVF_UNOP_SILU, x, 0); }
+kvf_tensor *kvf_gelu(kvf_ctx *ctx, kvf_tensor *x, enum kvf_gelu approx) {
+    return unary(ctx, "gelu", approx == KVF_GELU_TANH ? KVF_UNOP_GELU_TANH : KVF_UNOP_GELU_ERF, x, 0);
+}
+
+kvf_status kvf_unary_backward(kvf_ctx *ctx, kvf_node *n) {
+    kvf_tensor *gx = kvf_grad_get(ctx, n->src[0]);
+    if (!gx) return kvf_error_code();
+    return kvf_ctx_backend(ctx)->unary_backward((kvf_unop)n->iparam[0], gx, n->src[0],
+                                                n->out->grad, n->fparam[0]);
+}
+
+kvf_tensor *kvf_sum(kvf_ctx *ctx, kvf_tensor *x, int axis, bool keepdim) {
+    if (!kvf_ops_check_inputs(ctx, "sum", 1, &x) || !kvf_ops_check_float("sum", x, "x")) return NULL;
+    bool all = axis == KVF_ALL_AXES;
+    int a = all ? 0 : kvf_ops_axis(axis, x->ndim);
+    KVF_CHECK_NULL(a >= 0, KVF_ERR_ARG, "sum: axis %d out of range for %s", axis, KVF_DESC(x));
+    int64_t shape[KVF_MAX_DIMS];
+    for (int i = 0; i < x->ndim; i++) shape[i] = (all || i == a) ? 1 : x->shape[i];
+    kvf_tensor *y = kvf_tensor_new(ctx, x->dtype, x->ndim, shape);
+    if (!y) return NULL;
+    KVF_OPS_CALL(kvf_ctx_backend(ctx)->reduce_sum(y, x, false));
+    if (all) { /* a single element: shape [1] */
+        y->ndim = 1;
+        y->shape[0] = 1;
+        y->stride[0] = 1;
+    } else if (!keepdim && x->ndim > 1) {
+        for (int i = a; i < x->ndim - 1; i++) y->shape[i] = y->shape[i + 1];
+        y->ndim--;
+        kvf_layout_contiguous(y->ndim, y->shape, y->stride);
+    }
+    kvf_node *n = kvf_tape_record(ctx, KVF_OP_SUM, y, 1, &x);
+    if (n) {
+        n->iparam[0] = all;
+        n->iparam[1] = a;
+    }
+    return y;
+}
+
+kvf_status kvf_sum_backward(kvf_ctx *ctx, kvf_node *n) {
+    kvf_tensor *x = n->src[0];
+    kvf_tensor *gx = kvf_grad_get(ctx, x);
+    if (!gx) return kvf_error_code();
+    /* view the (contiguous) output grad with x's rank, stride 0 along the summed dims */
+    kvf_tensor g = *n->out->grad;
+    g.ndim = x->ndim;
+    int64_t st = 1;
+    for (int i = x->ndim - 1; i >= 0; i--) {
+        bool summed = n->iparam[0] || i == n->iparam[1];
+        g.shape[i] = x->shape[i];
+        g.stride[i] = summed ? 0 : st;
+        if (!summed) st *= x->shape[i];
+    }
+    return kvf_ctx_backend(ctx)->binary(KVF_BINOP_ADD, gx, gx, &g);
+}
+
+kvf_tensor *kvf_mean(kvf_ctx *ctx, kvf_tensor *x, int axis, bool keepdim) {
+    kvf_tensor *s = kvf_sum(ctx, x, axis, keepdim);
+    if (!s) return NULL;
+    int64_t cnt = axis == KVF_ALL_AXES ? kvf_tensor_numel(x) : x->shape[kvf_ops_axis(axis, x->ndim)];
+    return kvf_scale(ctx, s, cnt ? 1.0 / (double)cnt : 0.0);
+}
+
+kvf_tensor *kvf_swiglu(kvf_ctx *ctx, kvf_tensor *gate, kvf_tensor *up) {
+    kvf_tensor *in[2] = {gate, up};
+    if (!kvf_ops_check_inputs(ctx, "swiglu", 2, in)) return NULL;
+    if (!kvf_ops_check_float("swiglu", gate, "gate")) return NULL;
+    KVF_CHECK_NULL(kvf_tensor_same_shape(gate, up) && gate->dtype == up->dtype, KVF_ERR_SHAPE,
+                   "swiglu: gate %s and up %s must match", KVF_DESC(gate), KVF_DESC(up));
+    in[0] = gate = kvf_contiguous(ctx, gate);
+    in[1] = up = kvf_contiguous(ctx, up);
+    if (!gate || !up) return NULL;
+    kvf_tensor *y = kvf_ops_like(ctx, gate);
+    if (!y) return NULL;
+    KVF_OPS_CALL(kvf_ctx_backend(ctx)->swiglu(y, gate, up));
+    kvf_tape_record(ctx, KVF_OP_SWIGLU, y, 2, in);
+    return y;
+}
+
+kvf_status kvf_swiglu_backward(kvf_ctx *ctx, kvf_node *n) {
+    kvf_tensor *gg = n->src[0]->requires_grad ? kvf_grad_get(ctx, n->src[0]) : NULL;
+    kvf_tensor *gu = n->src[1]->requires_grad ? kvf_grad_get(ctx, n->src[1]) : NULL;
+    if (kvf_error_pending()) return kvf_error_code();
+    return kvf_ctx_backend(ctx)->swiglu_backward(gg, gu, n->src[0], n->src[1], n->out->grad);
+}

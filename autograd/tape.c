@@ -1,0 +1,109 @@
+#include "tape.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_impl.h"
+#include "tape_impl.h"
+
+const struct kvf_op_rule kvf_op_rules[KVF_OP_COUNT] = {
+    [KVF_OP_NONE] = {"none", NULL},
+    [KVF_OP_RESHAPE] = {"reshape", kvf_reshape_backward},
+    [KVF_OP_PERMUTE] = {"permute", kvf_permute_backward},
+    [KVF_OP_SLICE] = {"slice", kvf_slice_backward},
+    [KVF_OP_EXPAND] = {"expand", kvf_expand_backward},
+    [KVF_OP_COPY] = {"copy", kvf_copy_backward},
+    [KVF_OP_CONCAT] = {"concat", kvf_concat_backward},
+    [KVF_OP_MATMUL] = {"matmul", kvf_matmul_backward},
+    [KVF_OP_BINARY] = {"binary", kvf_binary_backward},
+    [KVF_OP_UNARY] = {"unary", kvf_unary_backward},
+    [KVF_OP_SUM] = {"sum", kvf_sum_backward},
+    [KVF_OP_SOFTMAX] = {"softmax", kvf_softmax_backward},
+    [KVF_OP_RMSNORM] = {"rmsnorm", kvf_rmsnorm_backward},
+    [KVF_OP_LAYERNORM] = {"layernorm", kvf_layernorm_backward},
+    [KVF_OP_ROPE] = {"rope", kvf_rope_backward},
+    [KVF_OP_ATTENTION] = {"attention", kvf_attention_backward},
+    [KVF_OP_CROSS_ENTROPY] = {"cross_entropy", kvf_cross_entropy_backward},
+    [KVF_OP_EMBEDDING] = {"embedding", kvf_embedding_backward},
+    [KVF_OP_SWIGLU] = {"swiglu", kvf_swiglu_backward},
+};
+
+kvf_node *kvf_tape_record(kvf_ctx *ctx, kvf_op op, kvf_tensor *out, int n_src,
+                          kvf_tensor *const *src) {
+    if (!kvf_ctx_grad_enabled(ctx) || n_src > KVF_MAX_SRC) return NULL;
+    bool need = false;
+    for (int i = 0; i < n_src; i++) need |= src[i] && src[i]->requires_grad;
+    if (!need) return NULL;
+    struct kvf_tape *tape = kvf_ctx_tape(ctx);
+    if (tape->n == tape->cap) {
+        int cap = tape->cap ? tape->cap * 2 : 256;
+        kvf_node *nodes = realloc(tape->nodes, sizeof(kvf_node) * (size_t)cap);
+        if (!nodes) {
+            kvf_error_set(KVF_ERR_OOM, "tape: out of host memory at %d nodes", tape->n);
+            return NULL;
+        }
+        tape->nodes = nodes;
+        tape->cap = cap;
+    }
+    kvf_node *n = &tape->nodes[tape->n];
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->out = out;
+    n->n_src = n_src;
+    for (int i = 0; i < n_src; i++) n->src[i] = src[i];
+    out->requires_grad = true;
+    out->node = tape->n++;
+    return n;
+}
+
+int kvf_tape_size(const kvf_ctx *ctx) { return kvf_ctx_tape((kvf_ctx *)ctx)->n; }
+kvf_node *kvf_tape_node(kvf_ctx *ctx, int i) { return &kvf_ctx_tape(ctx)->nodes[i]; }
+
+kvf_tensor *kvf_grad_get(kvf_ctx *ctx, kvf_tensor *t) {
+    if (!t || !t->requires_grad) return NULL;
+    if (!t->grad) t->grad = kvf_tensor_zeros(ctx, t->dtype, t->ndim, t->shape);
+    return t->grad;
+}
+
+kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src) {
+    const kvf_backend *be = kvf_ctx_backend(ctx);
+    if (kvf_tensor_same_shape(dst, src)) return be->binary(KVF_BINOP_ADD, dst, dst, src);
+    /* src is larger: sum it down to dst's shape (leading dims dropped, size-1 dims summed) */
+    KVF_CHECK(src->ndim >= dst->ndim, KVF_ERR_SHAPE, "grad: cannot reduce %s to %s",
+              KVF_DESC(src), KVF_DESC(dst));
+    kvf_tensor view = *dst;
+    int lead = src->ndim - dst->ndim;
+    view.ndim = src->ndim;
+    for (int i = 0; i < src->ndim; i++) {
+        view.shape[i] = i < lead ? 1 : dst->shape[i - lead];
+        view.stride[i] = i < lead ? 0 : dst->stride[i - lead];
+        KVF_CHECK(view.shape[i] == 1 || view.shape[i] == src->shape[i], KVF_ERR_SHAPE,
+                  "grad: cannot reduce %s to %s", KVF_DESC(src), KVF_DESC(dst));
+    }
+    return be->reduce_sum(&view, src, true);
+}
+
+kvf_status kvf_backward(kvf_ctx *ctx, kvf_tensor *loss) {
+    KVF_CHECK(loss, KVF_ERR_ARG, "backward: loss is NULL");
+    KVF_CHECK(kvf_tensor_numel(loss) == 1, KVF_ERR_SHAPE,
+              "backward: loss must have one element, got %s", KVF_DESC(loss));
+    KVF_CHECK(loss->requires_grad, KVF_ERR_STATE,
+              "backward: loss does not depend on anything that requires grad (was grad mode "
+              "off, or no parameter marked?)");
+    bool was = kvf_ctx_set_grad(ctx, false);
+    kvf_status st = KVF_OK;
+    kvf_tensor *g = kvf_grad_get(ctx, loss);
+    if (!g) st = kvf_error_code();
+    else {
+        kvf_tensor *one = kvf_tensor_full(ctx, loss->dtype, loss->ndim, loss->shape, 1.0);
+        st = one ? kvf_grad_accumulate(ctx, g, one) : kvf_error_code();
+    }
+    struct kvf_tape *tape = kvf_ctx_tape(ctx);
+    for (int i = tape->n - 1; i >= 0 && st == KVF_OK; i--) {
+        kvf_node *n = &tape->nodes[i];
+        if (!n->out->grad) continue; /* not on a path to the loss */
+        st = kvf_op_rules[n->op].backward(ctx, n);
+    }
+    kvf_ctx_set_grad(ctx, was);
+    return st;
+}

@@ -1,0 +1,75 @@
+/* tape.h — the autograd tape. Ops append one node each while grad mode is on and an
+ * input requires grad; kvf_backward walks the nodes in reverse and calls the op's rule
+ * from one table indexed by op id (kvf_op_rules, tape.c). Rules accumulate into input
+ * gradients, allocated (zeroed) in the arena on first use unless they already exist
+ * (parameters own theirs: params.h). */
+#ifndef KVF_TAPE_H
+#define KVF_TAPE_H
+
+#include "backend.h"
+#include "context.h"
+
+enum kvf_op {
+    KVF_OP_NONE,
+    KVF_OP_RESHAPE,
+    KVF_OP_PERMUTE,
+    KVF_OP_SLICE,
+    KVF_OP_EXPAND,
+    KVF_OP_COPY, /* contiguous / cast */
+    KVF_OP_CONCAT,
+    KVF_OP_MATMUL,
+    KVF_OP_BINARY,
+    KVF_OP_UNARY,
+    KVF_OP_SUM,
+    KVF_OP_SOFTMAX,
+    KVF_OP_RMSNORM,
+    KVF_OP_LAYERNORM,
+    KVF_OP_ROPE,
+    KVF_OP_ATTENTION,
+    KVF_OP_CROSS_ENTROPY,
+    KVF_OP_EMBEDDING,
+    KVF_OP_SWIGLU,
+    KVF_OP_COUNT
+};
+typedef enum kvf_op kvf_op;
+
+#define KVF_MAX_SRC 8
+
+struct kvf_node {
+    kvf_op op;
+    kvf_tensor *out;
+    int n_src;
+    kvf_tensor *src[KVF_MAX_SRC];
+    kvf_tensor *saved[3]; /* op-specific: softmax stats, norm statistics, ... */
+    int64_t iparam[8];
+    double fparam[4];
+    kvf_attn_cfg attn;
+};
+typedef struct kvf_node kvf_node;
+
+typedef kvf_status (*kvf_backward_fn)(kvf_ctx *ctx, kvf_node *node);
+
+struct kvf_op_rule {
+    const char *name;
+    kvf_backward_fn backward;
+};
+extern const struct kvf_op_rule kvf_op_rules[KVF_OP_COUNT];
+
+/* Ops call this after computing out; it returns NULL (and records nothing) when no input
+ * needs a gradient or grad mode is off. The returned node is filled in by the op. */
+kvf_node *kvf_tape_record(kvf_ctx *ctx, kvf_op op, kvf_tensor *out, int n_src,
+                          kvf_tensor *const *src);
+int       kvf_tape_size(const kvf_ctx *ctx);
+kvf_node *kvf_tape_node(kvf_ctx *ctx, int i);
+
+/* Seeds d(loss)/d(loss) = 1 (loss must have one element) and runs every rule in reverse. */
+kvf_status kvf_backward(kvf_ctx *ctx, kvf_tensor *loss);
+
+/* For rules: the gradient buffer of t (zeroed arena tensor on first use), or NULL if t
+ * does not require grad. */
+kvf_tensor *kvf_grad_get(kvf_ctx *ctx, kvf_tensor *t);
+
+/* For rules: dst += src where src's shape broadcasts to dst's (summing broadcast dims). */
+kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src);
+
+#endif
