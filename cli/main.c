@@ -1,2 +1,111 @@
+/* kvforge — one binary, one subcommand per job (DESIGN.md §8). Thin: parse, call, print. */
+#include <stdarg.h>
 #include <stdio.h>
-int main(void) { puts("kvforge"); return 0; }
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/error.h"
+#include "cli.h"
+
+#define KVF_VERSION "0.1.0"
+
+static const struct kvf_command commands[] = {
+    {"train", "train a model from a YAML run config (from scratch or --resume)",
+     "usage: kvforge train CONFIG.yaml [--set key=value]... [--resume RUN_DIR]\n"
+     "  Trains from scratch or continues RUN_DIR; writes HF-layout checkpoints, metrics JSONL\n"
+     "  and a progress line (step, loss, lr, grad norm, tokens/s, ETA). Keys: docs/config.md.\n",
+     NULL},
+    {"eval", "mean next-token loss and perplexity of a model on a text, JSONL or .bin file",
+     "usage: kvforge eval --model DIR --data PATH [--seq-len W] [--max-tokens N]\n"
+     "                    [--device cpu|cuda] [--json]\n"
+     "  Windows of W input tokens start at 0, W, 2W, ... while start + W + 1 <= N; each\n"
+     "  predicts its next W tokens. Prints loss (nats), ppl = exp(loss) and tokens.\n",
+     NULL},
+    {"convert", "convert a checkpoint to GQA/MQA, MLA or cross-layer KV sharing",
+     "usage: kvforge convert --model SRC --out DST --to gqa|mqa|mla|cla [options]\n"
+     "                       [--calib PATH [--calib-tokens N]] [--eval PATH [--seq-len W]]\n"
+     "  --to gqa --kv-heads N [--method mean|first|random|calib]   (--to mqa: one KV head)\n"
+     "  --to mla --kv-rank R --rope-dim D [--style deepseek|partial-rope]\n"
+     "           [--rope-select norm|high|low|uniform] [--freqfold F] [--q-rank RQ]\n"
+     "  --to cla --share K | --producers 0,2,5 [--method producer|mean|calib]\n",
+     NULL},
+    {"uptrain", "convert, train (optionally distilling from the source) and evaluate, from a recipe",
+     "usage: kvforge uptrain RECIPE.yaml\n", NULL},
+    {"info", "architecture, parameters, FLOPs per token and KV-cache bytes per token",
+     "usage: kvforge info --model DIR [--json]\n", NULL},
+    {"tokenize", "text on stdin to token ids, or ids to text with --decode",
+     "usage: kvforge tokenize --tokenizer FILE [--decode] [--json]\n", NULL},
+    {"prepare", "text, JSONL or archives to llm.c token shards",
+     "usage: kvforge prepare --tokenizer FILE --out DIR INPUT...\n", NULL},
+    {"generate", "sample text from a model",
+     "usage: kvforge generate --model DIR --prompt TEXT [--max-new N] [--temperature T]\n"
+     "                        [--seed S]\n",
+     NULL},
+    {"plot", "loss curves of several runs in one SVG",
+     "usage: kvforge plot METRICS.jsonl... -o OUT.svg\n", NULL},
+};
+#define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
+
+int kvf_cli_fail(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("kvforge: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+int kvf_cli_fail_lib(const char *context) {
+    const char *msg = kvf_error_pending() ? kvf_error_message() : "unknown failure";
+    if (getenv("KVF_DEBUG"))
+        fprintf(stderr, "kvforge: error: %s%s%s [%s]\n", context ? context : "",
+                context ? ": " : "", msg, kvf_error_location());
+    else
+        fprintf(stderr, "kvforge: error: %s%s%s\n", context ? context : "", context ? ": " : "",
+                msg);
+    return kvf_error_code() == KVF_ERR_ARG ? KVF_EXIT_USAGE : KVF_EXIT_RUNTIME;
+}
+
+bool kvf_cli_is_help(const char *arg) { return !strcmp(arg, "--help") || !strcmp(arg, "-h"); }
+
+static void print_help(FILE *f) {
+    fprintf(f, "kvforge %s — train, convert and evaluate attention architectures\n\n"
+               "usage: kvforge COMMAND [options]   (kvforge COMMAND --help for details)\n\n"
+               "commands:\n", KVF_VERSION);
+    for (int i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-9s %s%s\n", commands[i].name, commands[i].synopsis,
+                commands[i].run ? "" : " [not built yet]");
+    fprintf(f, "\nErrors go to stderr as 'kvforge: error: ...'; exit status 0 on success, 1 on a\n"
+               "runtime error (bad file, bad data, numerical failure), 2 on a usage error.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        print_help(stderr);
+        return KVF_EXIT_USAGE;
+    }
+    if (kvf_cli_is_help(argv[1])) {
+        print_help(stdout);
+        return KVF_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("kvforge %s\n", KVF_VERSION);
+        return KVF_EXIT_OK;
+    }
+    for (int i = 0; i < N_COMMANDS; i++) {
+        const struct kvf_command *c = &commands[i];
+        if (strcmp(argv[1], c->name) != 0) continue;
+        for (int a = 2; a < argc; a++)
+            if (kvf_cli_is_help(argv[a])) {
+                fputs(c->usage, stdout);
+                if (!c->run) printf("\n(this command is not built yet in kvforge %s)\n", KVF_VERSION);
+                return KVF_EXIT_OK;
+            }
+        if (!c->run)
+            return kvf_cli_fail(KVF_EXIT_USAGE, "'%s' is not built yet in kvforge %s", c->name,
+                                KVF_VERSION);
+        return c->run(argc - 1, argv + 1);
+    }
+    return kvf_cli_fail(KVF_EXIT_USAGE, "unknown command '%s' (see kvforge --help)", argv[1]);
+}

@@ -2,7 +2,7 @@
 # Installs every Debian package kvforge needs. Idempotent: installs only what is missing.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config
-      libopenblas-dev liblapacke-dev libarchive-dev check libsubunit-dev
+      libopenblas-openmp-dev liblapacke-dev libarchive-dev check libsubunit-dev
       libjansson-dev libyaml-dev libpcre2-dev libomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
