@@ -81,7 +81,8 @@ struct kvf_backend {
     kvf_status (*softmax)(kvf_tensor *y, const kvf_tensor *x);
     kvf_status (*softmax_backward)(kvf_tensor *dx, const kvf_tensor *y, const kvf_tensor *dy);
 
-    /* Norms over the last dim C of x [N, C]; w, b [C] (either may be NULL); stats f32 [N]. */
+    /* Norms over the last dim C of x [N, C]; w, b [C] (either may be NULL); stats [N] in
+     * the compute dtype (f64 for f64 x, else f32). */
     kvf_status (*rmsnorm)(kvf_tensor *y, kvf_tensor *rstd, const kvf_tensor *x,
                           const kvf_tensor *w, double eps);
     kvf_status (*rmsnorm_backward)(kvf_tensor *dx, kvf_tensor *dw, const kvf_tensor *x,
@@ -103,7 +104,8 @@ struct kvf_backend {
                        bool accumulate);
 
     /* q [B, T, Hq, Dk], k [B, S, Hkv, Dk], v [B, S, Hkv, Dv] with Hq % Hkv == 0; q/k/v may
-     * have any strides with stride[3] == 1. out [B, T, Hq, Dv]; lse f32 [B, Hq, T]. */
+     * have any strides with stride[3] == 1 (and row stride[1] >= D). out [B, T, Hq, Dv];
+     * lse [B, Hq, T] in the compute dtype (f64 for f64 q, else f32). */
     kvf_status (*attention)(kvf_tensor *out, kvf_tensor *lse, const kvf_tensor *q,
                             const kvf_tensor *k, const kvf_tensor *v, const kvf_attn_cfg *cfg);
     kvf_status (*attention_backward)(kvf_tensor *dq, kvf_tensor *dk, kvf_tensor *dv,
@@ -113,7 +115,8 @@ struct kvf_backend {
                                      const kvf_attn_cfg *cfg);
 
     /* logits [N, V], targets i32 [N]; loss [1] = mean over targets != ignore_index
-     * (0 when none); lse f32 [N]. Backward: dlogits += (softmax − onehot)·dloss/count. */
+     * (0 when none); lse [N] in the compute dtype (f64 for f64 logits, else f32).
+     * Backward: dlogits += (softmax − onehot)·dloss/count. */
     kvf_status (*cross_entropy)(kvf_tensor *loss, kvf_tensor *lse, const kvf_tensor *logits,
                                 const kvf_tensor *targets, int64_t ignore_index);
     kvf_status (*cross_entropy_backward)(kvf_tensor *dlogits, const kvf_tensor *logits,

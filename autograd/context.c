@@ -138,6 +138,12 @@ void *kvf_ctx_alloc(kvf_ctx *ctx, size_t nbytes) {
     return p;
 }
 
+void *kvf_ctx_alloc_host(kvf_ctx *ctx, size_t nbytes) {
+    void *p = arena_alloc(&ctx->headers, nbytes ? nbytes : 1);
+    KVF_CHECK_NULL(p, KVF_ERR_OOM, "arena: cannot allocate %zu bytes of host memory", nbytes);
+    return p;
+}
+
 static kvf_tensor *header_new(kvf_ctx *ctx) {
     kvf_tensor *t = arena_alloc(&ctx->headers, sizeof(kvf_tensor) + sizeof(struct kvf_storage));
     KVF_CHECK_NULL(t, KVF_ERR_OOM, "arena: out of host memory for tensor headers");

@@ -15,6 +15,7 @@ struct kvf_params {
     struct param_entry *e;
     int n, cap;
     int64_t numel;
+    kvf_dtype dtype;
     const kvf_backend *be;
     struct kvf_storage values, grads;
     kvf_tensor flat_values, flat_grads;
@@ -36,6 +37,16 @@ void kvf_params_free(kvf_params *p) {
     }
     free(p);
 }
+
+kvf_status kvf_params_set_dtype(kvf_params *p, kvf_dtype dtype) {
+    KVF_CHECK(p->n == 0 && !p->be, KVF_ERR_STATE, "params: set the dtype before adding parameters");
+    KVF_CHECK(dtype == KVF_DTYPE_F32 || dtype == KVF_DTYPE_F64, KVF_ERR_DTYPE,
+              "params: master weights are f32 or f64, not %s", kvf_dtype_name(dtype));
+    p->dtype = dtype;
+    return KVF_OK;
+}
+
+kvf_dtype kvf_params_dtype(const kvf_params *p) { return p->dtype; }
 
 int kvf_params_add(kvf_params *p, const char *name, int ndim, const int64_t *shape) {
     if (p->be) {
@@ -70,7 +81,7 @@ int kvf_params_add(kvf_params *p, const char *name, int ndim, const int64_t *sha
     }
     v->ndim = ndim;
     memcpy(v->shape, shape, sizeof(int64_t) * (size_t)ndim);
-    v->dtype = KVF_DTYPE_F32;
+    v->dtype = p->dtype;
     v->node = -1;
     v->name = e->name;
     e->offset = p->numel;
@@ -83,7 +94,7 @@ kvf_status kvf_params_alloc(kvf_params *p, kvf_device device) {
     KVF_CHECK(!p->be, KVF_ERR_STATE, "params: already allocated");
     const kvf_backend *be = kvf_backend_get(device);
     if (!be) return kvf_error_code();
-    size_t nb = (size_t)(p->numel ? p->numel : 1) * sizeof(float);
+    size_t nb = (size_t)(p->numel ? p->numel : 1) * kvf_dtype_size(p->dtype);
     p->values = (struct kvf_storage){be->alloc(nb), nb, device, false};
     p->grads = (struct kvf_storage){be->alloc(nb), nb, device, false};
     if (!p->values.data || !p->grads.data) {
@@ -111,7 +122,7 @@ kvf_status kvf_params_alloc(kvf_params *p, kvf_device device) {
         kvf_tensor *f = k ? &p->flat_grads : &p->flat_values;
         memset(f, 0, sizeof *f);
         f->storage = k ? &p->grads : &p->values;
-        f->dtype = KVF_DTYPE_F32;
+        f->dtype = p->dtype;
         f->ndim = 1;
         f->shape[0] = n1[0];
         f->stride[0] = 1;

@@ -1,7 +1,8 @@
 /* params.h — named parameters in one contiguous value buffer and one gradient buffer.
  * Register every tensor with kvf_params_add, then kvf_params_alloc places them all; the
  * tensors require grad and their .grad views the gradient buffer, which backward
- * accumulates into until kvf_params_zero_grad. Values and grads are f32 (master copy). */
+ * accumulates into until kvf_params_zero_grad. Values and grads are f32 (the master copy)
+ * unless kvf_params_set_dtype chose f64. */
 #ifndef KVF_PARAMS_H
 #define KVF_PARAMS_H
 
@@ -12,6 +13,10 @@ typedef struct kvf_params kvf_params;
 
 kvf_params *kvf_params_init(void);
 void        kvf_params_free(kvf_params *p);
+
+/* Master dtype of every parameter: f32 (default) or f64; before kvf_params_add. */
+kvf_status kvf_params_set_dtype(kvf_params *p, kvf_dtype dtype);
+kvf_dtype  kvf_params_dtype(const kvf_params *p);
 
 /* Returns the parameter's index, or -1 (error set) for a duplicate name or bad shape. */
 int kvf_params_add(kvf_params *p, const char *name, int ndim, const int64_t *shape);
