@@ -1,0 +1,317 @@
+#include "transformer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/ops.h"
+#include "autograd/rng.h"
+
+/* Registers parameter `fmt` (printf-style with the layer index) and records its index. */
+#define P(field, nd, a, b, ...)                                                               \
+    do {                                                                                      \
+        snprintf(name, sizeof name, __VA_ARGS__);                                             \
+        if (ok && kvf_params_add(m->params, name, nd, (int64_t[]){a, b}) < 0) ok = false;     \
+        if (ok) names[n_names++] = (struct pending){&(field), kvf_params_count(m->params) - 1}; \
+    } while (0)
+
+struct pending {
+    kvf_tensor **slot;
+    int index;
+};
+
+kvf_model *kvf_model_init(const kvf_model_config *cfg, kvf_device device) {
+    kvf_model *m = calloc(1, sizeof *m);
+    KVF_CHECK_NULL(m, KVF_ERR_OOM, "model: out of host memory");
+    m->cfg = *cfg;
+    m->device = device;
+    if (kvf_model_config_resolve(&m->cfg) != KVF_OK) {
+        free(m);
+        return NULL;
+    }
+    const kvf_model_config *c = &m->cfg;
+    m->params = kvf_params_init();
+    if (m->params) kvf_params_set_dtype(m->params, c->param_dtype);
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    struct pending *names = calloc((size_t)(c->n_layers * 32 + 16), sizeof *names);
+    if (!m->params || !m->layers || !names) {
+        free(names);
+        kvf_model_free(m);
+        kvf_error_set(KVF_ERR_OOM, "model: out of host memory");
+        return NULL;
+    }
+    int n_names = 0;
+    bool ok = true;
+    char name[160];
+    int64_t d = c->d_model, nq = c->n_q_heads, nkv = c->n_kv_heads, hd = c->head_dim,
+            vd = c->v_head_dim;
+    P(m->embed, 2, c->vocab_size, d, "model.embed_tokens.weight");
+    if (c->pos == KVF_POS_LEARNED) P(m->pos_embed, 2, c->max_seq_len, d, "model.embed_positions.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        struct kvf_layer_weights *L = &m->layers[l];
+        bool prod = kvf_model_is_producer(c, l);
+        const char *pre = "model.layers";
+        P(L->ln1_w, 1, d, 0, "%s.%d.input_layernorm.weight", pre, l);
+        if (c->norm_bias) P(L->ln1_b, 1, d, 0, "%s.%d.input_layernorm.bias", pre, l);
+        if (c->attn == KVF_ATTN_MLA) {
+            int64_t qk = kvf_model_qk_head_dim(c), r = c->kv_lora_rank, rq = c->q_lora_rank;
+            if (rq) {
+                P(L->q_a_w, 2, rq, d, "%s.%d.self_attn.q_a_proj.weight", pre, l);
+                P(L->q_a_norm, 1, rq, 0, "%s.%d.self_attn.q_a_layernorm.weight", pre, l);
+                P(L->q_b_w, 2, nq * qk, rq, "%s.%d.self_attn.q_b_proj.weight", pre, l);
+            } else {
+                P(L->q_w, 2, nq * qk, d, "%s.%d.self_attn.q_proj.weight", pre, l);
+            }
+            if (prod) {
+                P(L->kv_a_w, 2, r + c->qk_rope_head_dim, d, "%s.%d.self_attn.kv_a_proj_with_mqa.weight", pre, l);
+                if (c->mla_kv_norm) P(L->kv_a_norm, 1, r, 0, "%s.%d.self_attn.kv_a_layernorm.weight", pre, l);
+                P(L->kv_b_w, 2, nq * (c->qk_nope_head_dim + vd), r, "%s.%d.self_attn.kv_b_proj.weight", pre, l);
+            }
+        } else {
+            P(L->q_w, 2, nq * hd, d, "%s.%d.self_attn.q_proj.weight", pre, l);
+            if (c->qkv_bias && c->attn == KVF_ATTN_STANDARD) P(L->q_b, 1, nq * hd, 0, "%s.%d.self_attn.q_proj.bias", pre, l);
+            if (prod && c->attn == KVF_ATTN_STANDARD) {
+                P(L->k_w, 2, nkv * hd, d, "%s.%d.self_attn.k_proj.weight", pre, l);
+                if (c->qkv_bias) P(L->k_b, 1, nkv * hd, 0, "%s.%d.self_attn.k_proj.bias", pre, l);
+                P(L->v_w, 2, nkv * vd, d, "%s.%d.self_attn.v_proj.weight", pre, l);
+                if (c->qkv_bias) P(L->v_b, 1, nkv * vd, 0, "%s.%d.self_attn.v_proj.bias", pre, l);
+            } else if (prod) { /* partial-RoPE MLA */
+                int64_t pr = c->partial_rope_dim, r = c->kv_lora_rank;
+                if (pr) P(L->k_rope_w, 2, nkv * pr, d, "%s.%d.self_attn.k_rope_proj.weight", pre, l);
+                P(L->kv_a_w, 2, r, d, "%s.%d.self_attn.kv_a_proj.weight", pre, l);
+                P(L->kv_b_w, 2, nkv * ((hd - pr) + vd), r, "%s.%d.self_attn.kv_b_proj.weight", pre, l);
+            }
+        }
+        P(L->o_w, 2, d, nq * vd, "%s.%d.self_attn.o_proj.weight", pre, l);
+        if (c->o_bias) P(L->o_b, 1, d, 0, "%s.%d.self_attn.o_proj.bias", pre, l);
+        P(L->ln2_w, 1, d, 0, "%s.%d.post_attention_layernorm.weight", pre, l);
+        if (c->norm_bias) P(L->ln2_b, 1, d, 0, "%s.%d.post_attention_layernorm.bias", pre, l);
+        if (c->mlp == KVF_MLP_SWIGLU) {
+            P(L->gate_w, 2, c->d_ff, d, "%s.%d.mlp.gate_proj.weight", pre, l);
+            if (c->mlp_bias) P(L->gate_b, 1, c->d_ff, 0, "%s.%d.mlp.gate_proj.bias", pre, l);
+        }
+        P(L->up_w, 2, c->d_ff, d, "%s.%d.mlp.up_proj.weight", pre, l);
+        if (c->mlp_bias) P(L->up_b, 1, c->d_ff, 0, "%s.%d.mlp.up_proj.bias", pre, l);
+        P(L->down_w, 2, d, c->d_ff, "%s.%d.mlp.down_proj.weight", pre, l);
+        if (c->mlp_bias) P(L->down_b, 1, d, 0, "%s.%d.mlp.down_proj.bias", pre, l);
+    }
+    P(m->norm_w, 1, d, 0, "model.norm.weight");
+    if (c->norm_bias) P(m->norm_b, 1, d, 0, "model.norm.bias");
+    if (!c->tie_embeddings) P(m->lm_head, 2, c->vocab_size, d, "lm_head.weight");
+    if (!ok || kvf_params_alloc(m->params, device) != KVF_OK) {
+        free(names);
+        kvf_model_free(m);
+        return NULL;
+    }
+    for (int i = 0; i < n_names; i++) *names[i].slot = kvf_params_at(m->params, names[i].index);
+    free(names);
+    if (c->tie_embeddings) m->lm_head = m->embed;
+    /* buffers: RoPE frequency tables */
+    if (c->pos == KVF_POS_ROPE && c->attn == KVF_ATTN_STANDARD) {
+        int64_t f = c->rope_dim / 2;
+        m->rope_inv_freq = kvf_tensor_init_owned(KVF_DTYPE_F32, 1, &f);
+        if (!m->rope_inv_freq) {
+            kvf_model_free(m);
+            return NULL;
+        }
+        for (int64_t i = 0; i < f; i++)
+            kvf_tensor_set_flat(m->rope_inv_freq, i, pow(c->rope_theta, -2.0 * (double)i / (double)c->rope_dim));
+    }
+    if (c->attn == KVF_ATTN_MLA_PARTIAL_ROPE && c->partial_rope_dim) {
+        /* from scratch each head keeps the highest frequencies; a conversion overwrites this */
+        int64_t f = c->partial_rope_dim / 2, shape[2] = {nkv, f};
+        for (int l = 0; l < c->n_layers; l++) {
+            if (!kvf_model_is_producer(c, l)) continue;
+            kvf_tensor *t = kvf_tensor_init_owned(KVF_DTYPE_F32, 2, shape);
+            if (!t) {
+                kvf_model_free(m);
+                return NULL;
+            }
+            for (int64_t h = 0; h < nkv; h++)
+                for (int64_t i = 0; i < f; i++)
+                    kvf_tensor_set(t, (int64_t[]){h, i}, pow(c->rope_theta, -2.0 * (double)i / (double)hd));
+            m->layers[l].rope_freqs = t;
+        }
+    }
+    return m;
+}
+
+void kvf_model_free(kvf_model *m) {
+    if (!m) return;
+    if (m->layers)
+        for (int l = 0; l < m->cfg.n_layers; l++) kvf_tensor_free_owned(m->layers[l].rope_freqs);
+    free(m->layers);
+    kvf_tensor_free_owned(m->rope_inv_freq);
+    kvf_params_free(m->params);
+    free(m);
+}
+
+static bool is_residual_out(const char *name) {
+    return strstr(name, "o_proj.weight") || strstr(name, "down_proj.weight");
+}
+
+kvf_status kvf_model_init_weights(kvf_model *m, uint64_t seed) {
+    KVF_CHECK(m->device == KVF_DEVICE_CPU, KVF_ERR_DEVICE,
+              "model: initialise on the CPU, then copy to the device");
+    kvf_rng r;
+    kvf_rng_init(&r, seed);
+    double std = m->cfg.init_std, resid = std / sqrt(2.0 * m->cfg.n_layers);
+    for (int i = 0; i < kvf_params_count(m->params); i++) {
+        kvf_tensor *t = kvf_params_at(m->params, i);
+        const char *n = t->name;
+        size_t len = strlen(n);
+        bool bias = len > 5 && !strcmp(n + len - 5, ".bias");
+        bool norm = strstr(n, "norm") != NULL;
+        if (bias) KVF_TRY(kvf_rng_fill_uniform(&r, t, 0.0, 0.0));
+        else if (norm) KVF_TRY(kvf_rng_fill_uniform(&r, t, 1.0, 1.0));
+        else KVF_TRY(kvf_rng_fill_normal(&r, t, 0.0, is_residual_out(n) ? resid : std));
+    }
+    return KVF_OK;
+}
+
+/* x [..., in] · Wᵀ (+ b) */
+static kvf_tensor *linear(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w, kvf_tensor *b) {
+    kvf_tensor *y = kvf_matmul(ctx, x, w, false, true);
+    return b ? kvf_add(ctx, y, b) : y;
+}
+
+static kvf_tensor *norm(const kvf_model_config *c, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
+                        kvf_tensor *b) {
+    return c->norm == KVF_NORM_RMS ? kvf_rmsnorm(ctx, x, w, c->norm_eps)
+                                   : kvf_layernorm(ctx, x, w, b, c->norm_eps);
+}
+
+static kvf_tensor *heads(kvf_ctx *ctx, kvf_tensor *x, int64_t B, int64_t T, int64_t h, int64_t d) {
+    return kvf_reshape(ctx, x, 4, (int64_t[]){B, T, h, d});
+}
+
+/* A CPU tensor (model buffer) as an arena tensor on the ctx's device. */
+static kvf_tensor *buffer(kvf_ctx *ctx, const kvf_tensor *t) {
+    return kvf_tensor_from_host(ctx, t->dtype, t->ndim, t->shape, kvf_tensor_data(t));
+}
+
+struct kv_pair {
+    kvf_tensor *k, *v;
+};
+
+static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h,
+                                   struct kv_pair *kv, kvf_tensor *inv_freq) {
+    const kvf_model_config *c = &m->cfg;
+    const struct kvf_layer_weights *L = &m->layers[l];
+    int64_t B = h->shape[0], T = h->shape[1], nq = c->n_q_heads, nkv = c->n_kv_heads,
+            hd = c->head_dim, vd = c->v_head_dim;
+    bool prod = kvf_model_is_producer(c, l);
+    kvf_tensor *q = NULL;
+    if (c->attn == KVF_ATTN_STANDARD) {
+        q = heads(ctx, linear(ctx, h, L->q_w, L->q_b), B, T, nq, hd);
+        if (c->pos == KVF_POS_ROPE) q = kvf_rope(ctx, q, NULL, inv_freq, c->rope_layout);
+        if (prod) {
+            kvf_tensor *k = heads(ctx, linear(ctx, h, L->k_w, L->k_b), B, T, nkv, hd);
+            if (c->pos == KVF_POS_ROPE) k = kvf_rope(ctx, k, NULL, inv_freq, c->rope_layout);
+            kv[l].k = k;
+            kv[l].v = heads(ctx, linear(ctx, h, L->v_w, L->v_b), B, T, nkv, vd);
+        }
+    } else if (c->attn == KVF_ATTN_MLA) {
+        int64_t nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, r = c->kv_lora_rank;
+        kvf_tensor *qf = L->q_a_w ? linear(ctx, kvf_rmsnorm(ctx, linear(ctx, h, L->q_a_w, NULL),
+                                                            L->q_a_norm, c->norm_eps),
+                                           L->q_b_w, NULL)
+                                  : linear(ctx, h, L->q_w, NULL);
+        qf = heads(ctx, qf, B, T, nq, nope + rope);
+        kvf_tensor *qp[2];
+        if (!qf || kvf_split(ctx, qf, 3, (int64_t[]){nope, rope}, 2, qp) != KVF_OK) return NULL;
+        kvf_tensor *mla_freq = kvf_rope_inv_freq(ctx, rope, c->rope_theta);
+        kvf_tensor *q_pe = kvf_rope(ctx, qp[1], NULL, mla_freq, c->rope_layout);
+        kvf_tensor *qcat[2] = {qp[0], q_pe};
+        q = kvf_concat(ctx, qcat, 2, 3);
+        if (prod) {
+            kvf_tensor *ckv = linear(ctx, h, L->kv_a_w, NULL), *cp[2];
+            if (!ckv || kvf_split(ctx, ckv, 2, (int64_t[]){r, rope}, 2, cp) != KVF_OK) return NULL;
+            kvf_tensor *lat = L->kv_a_norm ? kvf_rmsnorm(ctx, cp[0], L->kv_a_norm, c->norm_eps) : cp[0];
+            kvf_tensor *kvb = heads(ctx, linear(ctx, lat, L->kv_b_w, NULL), B, T, nq, nope + vd), *kp[2];
+            if (!kvb || kvf_split(ctx, kvb, 3, (int64_t[]){nope, vd}, 2, kp) != KVF_OK) return NULL;
+            kvf_tensor *k_pe = kvf_rope(ctx, heads(ctx, cp[1], B, T, 1, rope), NULL, mla_freq, c->rope_layout);
+            kvf_tensor *kcat[2] = {kp[0], kvf_expand(ctx, k_pe, 4, (int64_t[]){B, T, nq, rope})};
+            kv[l].k = kvf_concat(ctx, kcat, 2, 3);
+            kv[l].v = kp[1];
+        }
+    } else { /* partial-RoPE MLA: kept RoPE dims first in every head, per-head frequencies */
+        int64_t pr = c->partial_rope_dim, g = nq / nkv;
+        q = heads(ctx, linear(ctx, h, L->q_w, NULL), B, T, nq, hd);
+        kvf_tensor *fk = NULL, *fq = NULL;
+        if (pr) {
+            const kvf_tensor *src = m->layers[c->kv_source[l]].rope_freqs;
+            fk = buffer(ctx, src);
+            /* query head i uses its KV head's frequencies: repeat each row g times */
+            fq = kvf_reshape(ctx, kvf_contiguous(ctx, kvf_expand(ctx, kvf_reshape(ctx, fk, 3, (int64_t[]){nkv, 1, pr / 2}), 3, (int64_t[]){nkv, g, pr / 2})), 2, (int64_t[]){nq, pr / 2});
+            q = kvf_rope(ctx, q, NULL, fq, KVF_ROPE_HALF);
+        }
+        if (prod) {
+            kvf_tensor *lat = linear(ctx, h, L->kv_a_w, NULL);
+            kvf_tensor *kvb = heads(ctx, linear(ctx, lat, L->kv_b_w, NULL), B, T, nkv, (hd - pr) + vd), *kp[2];
+            if (!kvb || kvf_split(ctx, kvb, 3, (int64_t[]){hd - pr, vd}, 2, kp) != KVF_OK) return NULL;
+            if (pr) {
+                kvf_tensor *kr = kvf_rope(ctx, heads(ctx, linear(ctx, h, L->k_rope_w, NULL), B, T, nkv, pr), NULL, fk, KVF_ROPE_HALF);
+                kvf_tensor *kcat[2] = {kr, kp[0]};
+                kv[l].k = kvf_concat(ctx, kcat, 2, 3);
+            } else {
+                kv[l].k = kp[0];
+            }
+            kv[l].v = kp[1];
+        }
+    }
+    struct kv_pair *src = &kv[c->kv_source[l]];
+    kvf_attn_cfg acfg = {.scale = (float)c->softmax_scale, .causal = true, .window = c->window[l]};
+    kvf_tensor *o = kvf_attention(ctx, q, src->k, src->v, &acfg);
+    o = kvf_reshape(ctx, o, 3, (int64_t[]){B, T, nq * vd});
+    return linear(ctx, o, L->o_w, L->o_b);
+}
+
+static kvf_tensor *mlp_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h) {
+    const kvf_model_config *c = &m->cfg;
+    const struct kvf_layer_weights *L = &m->layers[l];
+    kvf_tensor *a;
+    if (c->mlp == KVF_MLP_SWIGLU)
+        a = kvf_swiglu(ctx, linear(ctx, h, L->gate_w, L->gate_b), linear(ctx, h, L->up_w, L->up_b));
+    else
+        a = kvf_gelu(ctx, linear(ctx, h, L->up_w, L->up_b), c->gelu_exact ? KVF_GELU_ERF : KVF_GELU_TANH);
+    return linear(ctx, a, L->down_w, L->down_b);
+}
+
+kvf_tensor *kvf_model_forward(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids) {
+    const kvf_model_config *c = &m->cfg;
+    KVF_CHECK_NULL(ids && ids->ndim == 2 && ids->dtype == KVF_DTYPE_I32, KVF_ERR_SHAPE,
+                   "model: ids must be i32 [B, T], got %s", KVF_DESC(ids));
+    int64_t T = ids->shape[1];
+    KVF_CHECK_NULL(T >= 1 && T <= c->max_seq_len, KVF_ERR_SHAPE,
+                   "model: sequence length %lld exceeds max_seq_len %lld", (long long)T,
+                   (long long)c->max_seq_len);
+    kvf_tensor *x = kvf_embedding(ctx, m->embed, ids);
+    if (c->pos == KVF_POS_LEARNED) {
+        kvf_tensor *p = kvf_slice(ctx, m->pos_embed, 0, 0, T);
+        x = kvf_add(ctx, x, p);
+    }
+    kvf_tensor *inv_freq = m->rope_inv_freq ? buffer(ctx, m->rope_inv_freq) : NULL;
+    struct kv_pair *kv = kvf_ctx_alloc_host(ctx, sizeof(struct kv_pair) * (size_t)c->n_layers);
+    if (!kv || !x) return NULL;
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct kvf_layer_weights *L = &m->layers[l];
+        kvf_tensor *a = attention_block(m, ctx, l, norm(c, ctx, x, L->ln1_w, L->ln1_b), kv, inv_freq);
+        x = kvf_add(ctx, x, a);
+        kvf_tensor *f = mlp_block(m, ctx, l, norm(c, ctx, x, L->ln2_w, L->ln2_b));
+        x = kvf_add(ctx, x, f);
+        if (!x) return NULL;
+    }
+    x = norm(c, ctx, x, m->norm_w, m->norm_b);
+    return kvf_matmul(ctx, x, m->lm_head, false, true);
+}
+
+kvf_tensor *kvf_model_loss(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids, kvf_tensor *targets) {
+    kvf_tensor *logits = kvf_model_forward(m, ctx, ids);
+    if (!logits) return NULL;
+    int64_t N = logits->shape[0] * logits->shape[1];
+    kvf_tensor *flat = kvf_reshape(ctx, logits, 2, (int64_t[]){N, logits->shape[2]});
+    kvf_tensor *t = kvf_reshape(ctx, targets, 1, (int64_t[]){N});
+    return kvf_cross_entropy(ctx, flat, t, -100);
+}

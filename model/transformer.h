@@ -1,0 +1,46 @@
+/* transformer.h — the decoder-only transformer family of config.h, built only from
+ * autograd ops. Parameters carry Hugging Face names (Llama / DeepSeek-V3 style, see
+ * docs/model.md), so a checkpoint maps onto them by name. */
+#ifndef KVF_MODEL_TRANSFORMER_H
+#define KVF_MODEL_TRANSFORMER_H
+
+#include "autograd/context.h"
+#include "autograd/params.h"
+#include "config.h"
+
+struct kvf_layer_weights {
+    kvf_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    /* standard attention (q also for partial-RoPE MLA) */
+    kvf_tensor *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
+    /* MLA */
+    kvf_tensor *q_a_w, *q_a_norm, *q_b_w, *kv_a_w, *kv_a_norm, *kv_b_w;
+    /* partial-RoPE MLA: K's kept RoPE dims; per-KV-head frequencies [n_kv, rope/2] (buffer) */
+    kvf_tensor *k_rope_w, *rope_freqs;
+    /* MLP */
+    kvf_tensor *gate_w, *gate_b, *up_w, *up_b, *down_w, *down_b;
+};
+
+struct kvf_model {
+    kvf_model_config cfg;
+    kvf_params *params;
+    kvf_tensor *embed, *pos_embed, *norm_w, *norm_b, *lm_head;
+    struct kvf_layer_weights *layers;
+    kvf_tensor *rope_inv_freq; /* [rope_dim/2] f32 buffer for standard attention */
+    kvf_device device;
+};
+typedef struct kvf_model kvf_model;
+
+/* Registers every parameter of cfg (resolved here) and allocates them, zeroed. */
+kvf_model *kvf_model_init(const kvf_model_config *cfg, kvf_device device);
+void       kvf_model_free(kvf_model *m);
+
+/* GPT-2 / Llama-style initialisation: N(0, init_std) for matrices and embeddings,
+ * residual output projections scaled by 1/sqrt(2·n_layers), norms 1, biases 0. */
+kvf_status kvf_model_init_weights(kvf_model *m, uint64_t seed);
+
+/* ids i32 [B, T] (T <= max_seq_len) → logits [B, T, vocab] (f32). */
+kvf_tensor *kvf_model_forward(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids);
+/* Mean next-token cross-entropy of logits against targets i32 [B, T] (ignore -100). */
+kvf_tensor *kvf_model_loss(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids, kvf_tensor *targets);
+
+#endif
