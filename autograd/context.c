@@ -235,3 +235,18 @@ kvf_status kvf_tensor_to_host(const kvf_tensor *t, void *host, size_t nbytes) {
     kvf_layout_contiguous(h.ndim, h.shape, h.stride);
     return be->copy(&h, t);
 }
+
+kvf_status kvf_tensor_item(const kvf_tensor *t, double *value) {
+    KVF_CHECK(t && kvf_tensor_numel(t) == 1, KVF_ERR_SHAPE, "item: need a one-element tensor, got %s",
+              KVF_DESC(t));
+    const kvf_backend *be = kvf_backend_get(kvf_tensor_device(t));
+    if (!be) return kvf_error_code();
+    uint64_t raw = 0;
+    KVF_TRY(be->download(&raw, kvf_tensor_data(t), kvf_dtype_size(t->dtype)));
+    struct kvf_storage hs = {&raw, sizeof raw, KVF_DEVICE_CPU, false};
+    kvf_tensor h = *t;
+    h.storage = &hs;
+    h.offset = 0;
+    *value = kvf_tensor_get_flat(&h, 0);
+    return KVF_OK;
+}

@@ -38,6 +38,9 @@ kvf_tensor *kvf_tensor_view_header(kvf_ctx *ctx, const kvf_tensor *t);
 /* Copy a tensor (any layout) to host memory in row-major order, in dtype t->dtype. */
 kvf_status kvf_tensor_to_host(const kvf_tensor *t, void *host, size_t nbytes);
 
+/* The value of a one-element tensor (any float or id dtype, any device). */
+kvf_status kvf_tensor_item(const kvf_tensor *t, double *value);
+
 /* Raw arena memory, aligned to 64 bytes, on the ctx's device / on the host; both are
  * released by kvf_ctx_reset. */
 void *kvf_ctx_alloc(kvf_ctx *ctx, size_t nbytes);

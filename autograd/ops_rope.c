@@ -1,17 +1,96 @@
-/* STUB: to be implemented */
+/* ops_rope.c — rotary position embedding and its frequency table.
+ *
+ * kvf_rope(x [B, T, H, D], pos i32 [T] or NULL, inv_freq [F] or [H, F], layout):
+ * each head's first 2F dims are rotated pairwise by angle pos[t]·inv_freq[f] (per head
+ * with an [H, F] table); the remaining D − 2F dims pass through. A zero frequency is an
+ * exact identity. The backward rotates by −angle.
+ *
+ * inv_freq may be f32 or x's dtype; the op hands the kernel an f32 copy (the dtype HF
+ * keeps its table in, and the one every backend takes), so an f64 run and an f32 run of
+ * the same table rotate by the same angles; angles and cos/sin are then computed in
+ * double. inv_freq and pos are not differentiated. A strided x (a slice of a fused
+ * projection) is made contiguous first; gradients flow back through that copy. */
+#include <math.h>
+#include <stdlib.h>
+
 #include "ops_impl.h"
 
-kvf_tensor *kvf_rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq, kvf_rope_layout layout) {
-    (void)ctx;
-    kvf_error_set(KVF_ERR_UNSUPPORTED, "rope: not implemented yet");
-    return NULL;
+/* An f32, contiguous version of the frequency table, made without recording anything. */
+static kvf_tensor *freq_f32(kvf_ctx *ctx, kvf_tensor *f) {
+    if (f->dtype == KVF_DTYPE_F32 && kvf_tensor_is_contiguous(f)) return f;
+    bool was = kvf_ctx_set_grad(ctx, false);
+    kvf_tensor *c = kvf_cast(ctx, f, KVF_DTYPE_F32);
+    kvf_ctx_set_grad(ctx, was);
+    return c;
 }
-kvf_tensor *kvf_rope_inv_freq(kvf_ctx *ctx, int64_t dim, double theta) {
-    (void)ctx;
-    kvf_error_set(KVF_ERR_UNSUPPORTED, "rope_inv_freq: not implemented yet");
-    return NULL;
+
+/* pos as a contiguous i32 [T]; NULL gives 0..T-1. */
+static kvf_tensor *positions(kvf_ctx *ctx, kvf_tensor *pos, int64_t T) {
+    if (pos) return kvf_contiguous(ctx, pos); /* ids: never recorded */
+    int32_t *host = malloc(sizeof(int32_t) * (size_t)(T ? T : 1));
+    KVF_CHECK_NULL(host, KVF_ERR_OOM, "rope: cannot allocate %lld positions", (long long)T);
+    for (int64_t t = 0; t < T; t++) host[t] = (int32_t)t;
+    kvf_tensor *p = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 1, (int64_t[]){T}, host);
+    free(host);
+    return p;
 }
+
+kvf_tensor *kvf_rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
+                     kvf_rope_layout layout) {
+    kvf_tensor *in[3] = {x, inv_freq, pos};
+    if (!kvf_ops_check_inputs(ctx, "rope", pos ? 3 : 2, in)) return NULL;
+    if (!kvf_ops_check_float("rope", x, "x") || !kvf_ops_check_float("rope", inv_freq, "inv_freq"))
+        return NULL;
+    if (pos && !kvf_ops_check_ids("rope", pos, "pos")) return NULL;
+    KVF_CHECK_NULL(layout == KVF_ROPE_HALF || layout == KVF_ROPE_INTERLEAVED, KVF_ERR_ARG,
+                   "rope: unknown layout %d for x %s", (int)layout, KVF_DESC(x));
+    KVF_CHECK_NULL(x->ndim == 4, KVF_ERR_SHAPE, "rope: x %s must be [B, T, H, D]", KVF_DESC(x));
+    const int64_t T = x->shape[1], H = x->shape[2], D = x->shape[3];
+    const int64_t F = inv_freq->shape[inv_freq->ndim - 1];
+    bool freq_ok = (inv_freq->ndim == 1 || (inv_freq->ndim == 2 && inv_freq->shape[0] == H)) &&
+                   2 * F <= D;
+    KVF_CHECK_NULL(freq_ok, KVF_ERR_SHAPE,
+                   "rope: inv_freq %s must be [F] or [H, F] with 2F <= D for x %s [B, T, H, D]",
+                   KVF_DESC(inv_freq), KVF_DESC(x));
+    KVF_CHECK_NULL(inv_freq->dtype == KVF_DTYPE_F32 || inv_freq->dtype == x->dtype, KVF_ERR_DTYPE,
+                   "rope: inv_freq %s must be f32 or x's dtype (x %s)", KVF_DESC(inv_freq),
+                   KVF_DESC(x));
+    KVF_CHECK_NULL(!pos || (pos->ndim == 1 && pos->shape[0] == T), KVF_ERR_SHAPE,
+                   "rope: pos %s must be [T] for x %s [B, T, H, D]", KVF_DESC(pos), KVF_DESC(x));
+    kvf_tensor *xc = kvf_contiguous(ctx, x);
+    kvf_tensor *p = xc ? positions(ctx, pos, T) : NULL;
+    kvf_tensor *f = p ? freq_f32(ctx, inv_freq) : NULL;
+    kvf_tensor *y = f ? kvf_ops_like(ctx, xc) : NULL;
+    if (!y) return NULL;
+    KVF_OPS_CALL(kvf_ctx_backend(ctx)->rope(y, xc, p, f, layout, false, false));
+    kvf_node *n = kvf_tape_record(ctx, KVF_OP_ROPE, y, 1, &xc);
+    if (n) {
+        n->saved[0] = p;
+        n->saved[1] = f;
+        n->iparam[0] = layout;
+    }
+    return y;
+}
+
 kvf_status kvf_rope_backward(kvf_ctx *ctx, kvf_node *n) {
-    (void)ctx; (void)n;
-    return kvf_error_set(KVF_ERR_UNSUPPORTED, "rope backward: not implemented yet");
+    kvf_tensor *gx = kvf_grad_get(ctx, n->src[0]);
+    if (!gx) return kvf_error_code();
+    /* R is orthogonal: dx += R(−angle)·dy */
+    return kvf_ctx_backend(ctx)->rope(gx, n->out->grad, n->saved[0], n->saved[1],
+                                      (kvf_rope_layout)n->iparam[0], true, true);
+}
+
+kvf_tensor *kvf_rope_inv_freq(kvf_ctx *ctx, int64_t dim, double theta) {
+    KVF_CHECK_NULL(ctx, KVF_ERR_ARG, "rope_inv_freq: ctx is NULL");
+    KVF_CHECK_NULL(dim > 0 && dim % 2 == 0, KVF_ERR_ARG,
+                   "rope_inv_freq: dim must be positive and even, got %lld", (long long)dim);
+    KVF_CHECK_NULL(isfinite(theta) && theta > 0, KVF_ERR_ARG,
+                   "rope_inv_freq: theta must be positive and finite, got %g", theta);
+    const int64_t F = dim / 2;
+    float *host = malloc(sizeof(float) * (size_t)F);
+    KVF_CHECK_NULL(host, KVF_ERR_OOM, "rope_inv_freq: cannot allocate %lld floats", (long long)F);
+    for (int64_t i = 0; i < F; i++) host[i] = (float)pow(theta, -(double)(2 * i) / (double)dim);
+    kvf_tensor *t = kvf_tensor_from_host(ctx, KVF_DTYPE_F32, 1, (int64_t[]){F}, host);
+    free(host);
+    return t;
 }
