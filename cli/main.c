@@ -6,21 +6,23 @@
 
 #include "autograd/error.h"
 #include "cli.h"
+#include "commands.h"
 
 #define KVF_VERSION "0.1.0"
 
 static const struct kvf_command commands[] = {
     {"train", "train a model from a YAML run config (from scratch or --resume)",
-     "usage: kvforge train CONFIG.yaml [--set key=value]... [--resume RUN_DIR]\n"
+     "usage: kvforge train CONFIG.yaml [--set key=value]... [--resume RUN_DIR] [--stop-after N]\n"
      "  Trains from scratch or continues RUN_DIR; writes HF-layout checkpoints, metrics JSONL\n"
-     "  and a progress line (step, loss, lr, grad norm, tokens/s, ETA). Keys: docs/config.md.\n",
-     NULL},
+     "  and a progress line (step, loss, lr, grad norm, tokens/s, ETA). Keys: docs/config.md.\n"
+     "  --stop-after N: save and stop after N steps of this call (continue with --resume).\n",
+     kvf_cmd_train},
     {"eval", "mean next-token loss and perplexity of a model on a text, JSONL or .bin file",
      "usage: kvforge eval --model DIR --data PATH [--seq-len W] [--max-tokens N]\n"
      "                    [--device cpu|cuda] [--json]\n"
      "  Windows of W input tokens start at 0, W, 2W, ... while start + W + 1 <= N; each\n"
      "  predicts its next W tokens. Prints loss (nats), ppl = exp(loss) and tokens.\n",
-     NULL},
+     kvf_cmd_eval},
     {"convert", "convert a checkpoint to GQA/MQA, MLA or cross-layer KV sharing",
      "usage: kvforge convert --model SRC --out DST --to gqa|mqa|mla|cla [options]\n"
      "                       [--calib PATH [--calib-tokens N]] [--eval PATH [--seq-len W]]\n"
@@ -32,17 +34,17 @@ static const struct kvf_command commands[] = {
     {"uptrain", "convert, train (optionally distilling from the source) and evaluate, from a recipe",
      "usage: kvforge uptrain RECIPE.yaml\n", NULL},
     {"info", "architecture, parameters, FLOPs per token and KV-cache bytes per token",
-     "usage: kvforge info --model DIR [--json]\n", NULL},
+     "usage: kvforge info --model DIR [--json]\n", kvf_cmd_info},
     {"tokenize", "text on stdin to token ids, or ids to text with --decode",
-     "usage: kvforge tokenize --tokenizer FILE [--decode] [--json]\n", NULL},
+     "usage: kvforge tokenize --tokenizer FILE [--decode] [--json]\n", kvf_cmd_tokenize},
     {"prepare", "text, JSONL or archives to llm.c token shards",
-     "usage: kvforge prepare --tokenizer FILE --out DIR INPUT...\n", NULL},
+     "usage: kvforge prepare --tokenizer FILE --out DIR INPUT...\n", kvf_cmd_prepare},
     {"generate", "sample text from a model",
      "usage: kvforge generate --model DIR --prompt TEXT [--max-new N] [--temperature T]\n"
      "                        [--seed S]\n",
-     NULL},
+     kvf_cmd_generate},
     {"plot", "loss curves of several runs in one SVG",
-     "usage: kvforge plot METRICS.jsonl... -o OUT.svg\n", NULL},
+     "usage: kvforge plot METRICS.jsonl... -o OUT.svg\n", kvf_cmd_plot},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 
@@ -64,7 +66,7 @@ int kvf_cli_fail_lib(const char *context) {
     else
         fprintf(stderr, "kvforge: error: %s%s%s\n", context ? context : "", context ? ": " : "",
                 msg);
-    return kvf_error_code() == KVF_ERR_ARG ? KVF_EXIT_USAGE : KVF_EXIT_RUNTIME;
+    return KVF_EXIT_RUNTIME; /* bad files, bad data, numerical failures */
 }
 
 bool kvf_cli_is_help(const char *arg) { return !strcmp(arg, "--help") || !strcmp(arg, "-h"); }

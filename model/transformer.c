@@ -191,6 +191,10 @@ static kvf_tensor *buffer(kvf_ctx *ctx, const kvf_tensor *t) {
     return kvf_tensor_from_host(ctx, t->dtype, t->ndim, t->shape, kvf_tensor_data(t));
 }
 
+/* MLA's latent RMSNorms (q_a_layernorm, kv_a_layernorm) use HF DeepSeek's fixed eps 1e-6,
+ * not rms_norm_eps (HF builds them with DeepseekV3RMSNorm's default). */
+#define KVF_MLA_LATENT_NORM_EPS 1e-6
+
 struct kv_pair {
     kvf_tensor *k, *v;
 };
@@ -215,7 +219,7 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
     } else if (c->attn == KVF_ATTN_MLA) {
         int64_t nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, r = c->kv_lora_rank;
         kvf_tensor *qf = L->q_a_w ? linear(ctx, kvf_rmsnorm(ctx, linear(ctx, h, L->q_a_w, NULL),
-                                                            L->q_a_norm, c->norm_eps),
+                                                            L->q_a_norm, KVF_MLA_LATENT_NORM_EPS),
                                            L->q_b_w, NULL)
                                   : linear(ctx, h, L->q_w, NULL);
         qf = heads(ctx, qf, B, T, nq, nope + rope);
@@ -228,7 +232,7 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
         if (prod) {
             kvf_tensor *ckv = linear(ctx, h, L->kv_a_w, NULL), *cp[2];
             if (!ckv || kvf_split(ctx, ckv, 2, (int64_t[]){r, rope}, 2, cp) != KVF_OK) return NULL;
-            kvf_tensor *lat = L->kv_a_norm ? kvf_rmsnorm(ctx, cp[0], L->kv_a_norm, c->norm_eps) : cp[0];
+            kvf_tensor *lat = L->kv_a_norm ? kvf_rmsnorm(ctx, cp[0], L->kv_a_norm, KVF_MLA_LATENT_NORM_EPS) : cp[0];
             kvf_tensor *kvb = heads(ctx, linear(ctx, lat, L->kv_b_w, NULL), B, T, nq, nope + vd), *kp[2];
             if (!kvb || kvf_split(ctx, kvb, 3, (int64_t[]){nope, vd}, 2, kp) != KVF_OK) return NULL;
             kvf_tensor *k_pe = kvf_rope(ctx, heads(ctx, cp[1], B, T, 1, rope), NULL, mla_freq, c->rope_layout);

@@ -1,0 +1,69 @@
+/* kvforge eval --model DIR --data PATH [--seq-len W] [--max-tokens N] [--device cpu|cuda] [--json] */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_util.h"
+#include "data/corpus.h"
+#include "data/tokenizer_load.h"
+#include "model/checkpoint.h"
+#include "train/eval.h"
+
+int kvf_cmd_eval(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},  {"data", required_argument, 0, 'd'},
+        {"seq-len", required_argument, 0, 'w'}, {"max-tokens", required_argument, 0, 'n'},
+        {"device", required_argument, 0, 'D'}, {"batch-size", required_argument, 0, 'b'},
+        {"json", no_argument, 0, 'j'},         {0, 0, 0, 0}};
+    const char *model = NULL, *data = NULL, *device = "cpu";
+    int64_t W = 0, max_tokens = 0, batch = 8;
+    bool json = false;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'd': data = optarg; break;
+        case 'w': if (!kvf_cli_parse_i64("--seq-len", optarg, 1, &W)) return KVF_EXIT_USAGE; break;
+        case 'n': if (!kvf_cli_parse_i64("--max-tokens", optarg, 2, &max_tokens)) return KVF_EXIT_USAGE; break;
+        case 'b': if (!kvf_cli_parse_i64("--batch-size", optarg, 1, &batch)) return KVF_EXIT_USAGE; break;
+        case 'D': device = optarg; break;
+        case 'j': json = true; break;
+        default: return kvf_cli_fail(KVF_EXIT_USAGE, "eval: see kvforge eval --help");
+        }
+    }
+    if (!model || !data || optind != argc)
+        return kvf_cli_fail(KVF_EXIT_USAGE, "eval: --model DIR and --data PATH are required");
+    kvf_device dev;
+    if (!kvf_cli_parse_device(device, &dev)) return KVF_EXIT_USAGE;
+    kvf_tokenizer *tok = kvf_tokenizer_open(model);
+    if (!tok) return kvf_cli_fail_lib("eval");
+    kvf_model *m = kvf_checkpoint_load(model, dev);
+    if (!m) {
+        kvf_tokenizer_free(tok);
+        return kvf_cli_fail_lib("eval");
+    }
+    kvf_token_stream ts = {0};
+    kvf_corpus_opts co = {.tok = tok, .max_tokens = max_tokens};
+    int rc = KVF_EXIT_OK;
+    kvf_ctx *ctx = kvf_ctx_init(dev);
+    kvf_eval_result r;
+    if (!W) W = m->cfg.max_seq_len < 1024 ? m->cfg.max_seq_len : 1024;
+    if (!ctx || kvf_corpus_read(data, &co, &ts) != KVF_OK ||
+        kvf_eval_stream(m, ctx, ts.data, ts.count, W, max_tokens, batch, &r) != KVF_OK) {
+        rc = kvf_cli_fail_lib("eval");
+    } else if (json) {
+        printf("{\"loss\": %.9g, \"ppl\": %.9g, \"tokens\": %lld}\n", r.loss, r.ppl, (long long)r.tokens);
+    } else {
+        printf("loss %.6f  ppl %.4f  tokens %lld  (windows of %lld)\n", r.loss, r.ppl,
+               (long long)r.tokens, (long long)W);
+    }
+    kvf_ctx_free(ctx);
+    kvf_ids_free(&ts);
+    kvf_model_free(m);
+    kvf_tokenizer_free(tok);
+    return rc;
+}

@@ -1,0 +1,21 @@
+/* eval.h — mean next-token loss over a token stream with the exact window definition of
+ * DESIGN.md §8: windows of W input tokens start at 0, W, 2W, … while start + W + 1 <= N,
+ * each predicting its next W tokens; loss = mean cross-entropy (nats) over every predicted
+ * token, ppl = exp(loss). Runs with grad off, batch_size windows per forward. */
+#ifndef KVF_TRAIN_EVAL_H
+#define KVF_TRAIN_EVAL_H
+
+#include "model/transformer.h"
+
+struct kvf_eval_result {
+    double loss, ppl;
+    int64_t tokens; /* predicted tokens */
+};
+typedef struct kvf_eval_result kvf_eval_result;
+
+/* tokens[0..n) (cut to max_tokens when > 0). KVF_ERR_ARG when no window fits. */
+kvf_status kvf_eval_stream(kvf_model *m, kvf_ctx *ctx, const int32_t *tokens, int64_t n,
+                           int64_t seq_len, int64_t max_tokens, int64_t batch_size,
+                           kvf_eval_result *out);
+
+#endif
