@@ -18,6 +18,8 @@ int kvf_cmd_plot(int argc, char **argv) {
         return kvf_cli_fail(KVF_EXIT_USAGE, "plot: give METRICS.jsonl files and -o OUT.svg");
     if (kvf_plot_svg((const char *const *)argv + optind, argc - optind, out) != KVF_OK)
         return kvf_cli_fail_lib("plot");
-    printf("wrote %s (%d runs)\n", out, argc - optind);
+    if (kvf_plot_summary((const char *const *)argv + optind, argc - optind, stdout) != KVF_OK)
+        return kvf_cli_fail_lib("plot");
+    printf("\nwrote %s (%d runs)\n", out, argc - optind);
     return KVF_EXIT_OK;
 }

@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       libopenblas-openmp-dev liblapacke-dev libarchive-dev check libsubunit-dev
-      libjansson-dev libyaml-dev libpcre2-dev libomp-dev)
+      libjansson-dev libyaml-dev libpcre2-dev libomp-dev bible-kjv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -106,6 +106,29 @@ START_TEST(impossible_shapes_are_errors) {
 }
 END_TEST
 
+START_TEST(match_params_tunes_d_ff) {
+    /* each design's d_ff is chosen so its parameter count is within one d_ff step of MHA's */
+    const char *designs[] = {"gqa2", "mqa", "sqa_q2kv2", "cla2_mha", "mla_r32"};
+    kvf_run_config ref;
+    ck_assert_int_eq(load(&ref, "data:\n  train: x\nmodel:\n  vocab_size: 257\n  d_model: 64\n  n_layers: 4\n"), KVF_OK);
+    kvf_model_config_resolve(&ref.model);
+    int64_t target = kvf_model_n_params(&ref.model);
+    for (int i = 0; i < 5; i++) {
+        char y[256];
+        snprintf(y, sizeof y, "data:\n  train: x\nmodel:\n  vocab_size: 257\n  d_model: 64\n  n_layers: 4\n"
+                 "  attention: %s\n  match_params: mha\n", designs[i]);
+        kvf_run_config c;
+        ck_assert_msg(load(&c, y) == KVF_OK, "%s: %s", designs[i], kvf_error_message());
+        kvf_model_config_resolve(&c.model);
+        int64_t n = kvf_model_n_params(&c.model), step = 3 * 64 * c.model.n_layers;
+        ck_assert_msg(llabs(n - target) <= step / 2 + 1, "%s: %lld params vs %lld", designs[i],
+                      (long long)n, (long long)target);
+        /* cheaper attention (all but this MLA, whose latent path costs more here) → wider MLP */
+        if (i < 4) ck_assert_int_gt(c.model.d_ff, ref.model.d_ff);
+    }
+}
+END_TEST
+
 START_TEST(set_overrides) {
     kvf_run_config c;
     kvf_run_config_defaults(&c);
@@ -154,6 +177,7 @@ int main(void) {
     tcase_add_test(tc, wrong_types_are_errors);
     tcase_add_test(tc, impossible_shapes_are_errors);
     tcase_add_test(tc, set_overrides);
+    tcase_add_test(tc, match_params_tunes_d_ff);
     tcase_add_test(tc, docs_list_every_key);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -1,5 +1,7 @@
 #include "plot.h"
 
+#include "model/hf_config.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -185,5 +187,64 @@ kvf_status kvf_plot_svg(const char *const *paths, int n, const char *out_path) {
         free(runs[i].val.y);
     }
     free(runs);
+    return st;
+}
+
+struct summary_row {
+    char name[128];
+    long long params, kv;
+    double train, val;
+};
+
+static int cmp_row(const void *a, const void *b) {
+    const struct summary_row *x = a, *y = b;
+    if (x->kv != y->kv) return x->kv < y->kv ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+kvf_status kvf_plot_summary(const char *const *paths, int n, FILE *out) {
+    struct summary_row *rows = calloc((size_t)n, sizeof *rows);
+    KVF_CHECK(rows, KVF_ERR_OOM, "plot: out of memory");
+    kvf_status st = KVF_OK;
+    for (int i = 0; i < n && st == KVF_OK; i++) {
+        struct run_data r = {0};
+        st = read_run(paths[i], &r);
+        if (st == KVF_OK) {
+            snprintf(rows[i].name, sizeof rows[i].name, "%s", r.name);
+            rows[i].train = r.train.n ? r.train.y[r.train.n - 1] : NAN;
+            rows[i].val = r.val.n ? r.val.y[r.val.n - 1] : NAN;
+            rows[i].params = rows[i].kv = -1;
+            char dir[1024];
+            snprintf(dir, sizeof dir, "%s", paths[i]);
+            char *slash = strrchr(dir, '/');
+            if (slash) *slash = '\0';
+            else snprintf(dir, sizeof dir, ".");
+            char cfgdir[1100];
+            snprintf(cfgdir, sizeof cfgdir, "%s/checkpoint", dir);
+            kvf_model_config c;
+            if (kvf_hf_config_read(cfgdir, &c, NULL, 0) == KVF_OK) {
+                rows[i].params = (long long)kvf_model_n_params(&c);
+                rows[i].kv = (long long)kvf_model_kv_bytes_per_token(&c);
+            } else {
+                kvf_error_clear(); /* no checkpoint beside it: the row has no figures */
+            }
+        }
+        free(r.train.x);
+        free(r.train.y);
+        free(r.val.x);
+        free(r.val.y);
+    }
+    if (st == KVF_OK) {
+        qsort(rows, (size_t)n, sizeof *rows, cmp_row);
+        fprintf(out, "| run | parameters | KV cache B/token | train loss | val loss |\n|---|---:|---:|---:|---:|\n");
+        for (int i = 0; i < n; i++) {
+            fprintf(out, "| %s | ", rows[i].name);
+            if (rows[i].params >= 0) fprintf(out, "%lld | %lld | ", rows[i].params, rows[i].kv);
+            else fprintf(out, "? | ? | ");
+            fprintf(out, isfinite(rows[i].train) ? "%.4f | " : "- | ", rows[i].train);
+            fprintf(out, isfinite(rows[i].val) ? "%.4f |\n" : "- |\n", rows[i].val);
+        }
+    }
+    free(rows);
     return st;
 }

@@ -4,8 +4,15 @@
 #ifndef KVF_TRAIN_PLOT_H
 #define KVF_TRAIN_PLOT_H
 
+#include <stdio.h>
+
 #include "autograd/error.h"
 
 kvf_status kvf_plot_svg(const char *const *metrics_paths, int n, const char *out_path);
+
+/* One markdown table row per run: design (from checkpoint/config.json beside the metrics
+ * file, when present), parameters, KV-cache bytes per token, last train and val loss;
+ * sorted by KV-cache bytes. */
+kvf_status kvf_plot_summary(const char *const *metrics_paths, int n, FILE *out);
 
 #endif

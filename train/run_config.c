@@ -60,6 +60,7 @@ static const struct field fields[] = {
     MINT("kv_lora_rank", kv_lora_rank, 0, 65536, "MLA: latent rank (set by mla_rR too)"),
     MINT("qk_rope_head_dim", qk_rope_head_dim, 0, 4096, "MLA: shared RoPE key dim (set by mla_rR_dD)"),
     STR("model", "kv_producers", kv_producers, "cross-layer sharing by list: layers that produce K/V, e.g. 0,2,5"),
+    STR("model", "match_params", match_params, "tune d_ff so the model has as many parameters as this attention design would (fair comparisons)"),
     STR("model", "window", window, "sliding window: one value for all layers, or a comma list per layer (0 = global)"),
     FLT("model", "init_std", model.init_std, 0, 10, "initialisation std (0: 0.02)"),
     STR("data", "train", train_data, "training data: text, JSONL, llm.c .bin, archive or folder"),
@@ -376,6 +377,36 @@ kvf_status kvf_run_config_finish(kvf_run_config *c, const char *path) {
             m->window[l] = list[n == 1 ? 0 : l];
             KVF_CHECK(m->window[l] >= 0, KVF_ERR_ARG, "%s: model.window entries must be >= 0", path);
         }
+    }
+    if (c->match_params[0]) {
+        kvf_model_config ref = *m;
+        for (int l = 0; l < KVF_MAX_LAYERS; l++) ref.kv_source[l] = -1; /* the design decides */
+        /* the embedding is the same for both designs, so the vocabulary does not change the
+         * answer: stand in 1 when it comes from the tokenizer later */
+        if (!ref.vocab_size) ref.vocab_size = 1;
+        if (kvf_model_config_apply_variant(&ref, c->match_params) != KVF_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", kvf_error_message());
+            kvf_error_clear();
+            return kvf_error_set(KVF_ERR_ARG, "%s: model.match_params: %s", path, msg);
+        }
+        kvf_model_config a = ref, b = *m;
+        b.vocab_size = ref.vocab_size;
+        if (kvf_model_config_resolve(&a) != KVF_OK || kvf_model_config_resolve(&b) != KVF_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", kvf_error_message());
+            kvf_error_clear();
+            return kvf_error_set(KVF_ERR_ARG, "%s: %s", path, msg);
+        }
+        /* d_ff enters the count linearly: solve, then round to the nearest integer */
+        int64_t target = kvf_model_n_params(&a), have = kvf_model_n_params(&b);
+        kvf_model_config b1 = b;
+        b1.d_ff += 1;
+        int64_t per = kvf_model_n_params(&b1) - have;
+        int64_t d_ff = b.d_ff + (int64_t)llround((double)(target - have) / (double)per);
+        KVF_CHECK(d_ff >= 1, KVF_ERR_ARG, "%s: model.match_params %s: no positive d_ff matches (%lld vs %lld params)",
+                  path, c->match_params, (long long)target, (long long)have);
+        m->d_ff = d_ff;
     }
     KVF_CHECK(c->seq_len <= m->max_seq_len, KVF_ERR_ARG,
               "%s: data.seq_len (%lld) exceeds model.max_seq_len (%lld)", path,

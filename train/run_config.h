@@ -22,6 +22,7 @@ struct kvf_run_config {
     bool bias;
     char kv_producers[256]; /* "0,2,5": explicit CLA producer list, empty = variant's */
     char window[256];       /* one value for every layer or a comma list per layer */
+    char match_params[64];  /* attention design whose parameter count d_ff is tuned to match */
     /* data */
     char train_data[KVF_PATH_MAX];
     char val_data[KVF_PATH_MAX]; /* empty: the tail of train_data */
