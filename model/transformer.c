@@ -301,7 +301,9 @@ kvf_tensor *kvf_model_forward(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids) {
     if (!kv || !x) return NULL;
     for (int l = 0; l < c->n_layers; l++) {
         const struct kvf_layer_weights *L = &m->layers[l];
-        kvf_tensor *a = attention_block(m, ctx, l, norm(c, ctx, x, L->ln1_w, L->ln1_b), kv, inv_freq);
+        kvf_tensor *h = norm(c, ctx, x, L->ln1_w, L->ln1_b);
+        if (h && m->hook && m->hook(l, h, m->hook_ud) != KVF_OK) return NULL;
+        kvf_tensor *a = attention_block(m, ctx, l, h, kv, inv_freq);
         x = kvf_add(ctx, x, a);
         kvf_tensor *f = mlp_block(m, ctx, l, norm(c, ctx, x, L->ln2_w, L->ln2_b));
         x = kvf_add(ctx, x, f);

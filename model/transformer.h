@@ -20,6 +20,10 @@ struct kvf_layer_weights {
     kvf_tensor *gate_w, *gate_b, *up_w, *up_b, *down_w, *down_b;
 };
 
+/* Called during forward with each layer's attention input (the normed hidden state,
+ * [B, T, d_model]) — what calibration-based conversions collect statistics from. */
+typedef kvf_status (*kvf_layer_hook)(int layer, const kvf_tensor *attn_input, void *ud);
+
 struct kvf_model {
     kvf_model_config cfg;
     kvf_params *params;
@@ -27,6 +31,8 @@ struct kvf_model {
     struct kvf_layer_weights *layers;
     kvf_tensor *rope_inv_freq; /* [rope_dim/2] f32 buffer for standard attention */
     kvf_device device;
+    kvf_layer_hook hook; /* NULL: none */
+    void *hook_ud;
 };
 typedef struct kvf_model kvf_model;
 
