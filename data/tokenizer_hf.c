@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <pcre2.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,7 @@
 
 #define HF_MAX_ID (1 << 22) /* ids must be below this (largest real vocabularies: ~260k) */
 #define HF_CACHE_MAX_WORD 256
-#define HF_CACHE_MAX_ENTRIES (1u << 20)
+#define HF_CACHE_MAX_ENTRIES (1u << 16) /* words cached per working state (HF: 10000) */
 
 /* ============================================================================================
  * UTF-8
@@ -515,6 +516,7 @@ typedef struct {
     int32_t *vocab_r;   /* id → vocab entry index, -1 */
     mergemap merges;
     char *unk_token;    /* NULL when none */
+    size_t unk_len;
     int32_t unk_id;     /* -1 when unk_token is not in the vocab */
     bool fuse_unk, byte_fallback, ignore_merges;
     char *prefix, *suffix;
@@ -539,11 +541,17 @@ typedef struct {
     size_t ndecs;
     bool has_decoder;
     pcre2_code *gpt2;
+    /* working states (hf_ctx) kept between calls: BPE cache and regex scratch survive */
+    pthread_mutex_t pool_mu;
+    void *pool[16];
+    int npool;
     /* ByteLevel maps */
     char bl_enc[256][2];
     uint8_t bl_enclen[256];
     int16_t bl_dec[0x144]; /* code point → byte, -1 */
 } hf_impl;
+
+static void ctx_release_all(hf_impl *t);
 
 static void matcher_free(hf_matcher *m) {
     if (m->re) pcre2_code_free(m->re);
@@ -553,6 +561,8 @@ static void matcher_free(hf_matcher *m) {
 
 static void impl_free(hf_impl *t) {
     if (!t) return;
+    ctx_release_all(t);
+    pthread_mutex_destroy(&t->pool_mu);
     free(t->name);
     sm_free(&t->vocab);
     free(t->vocab_r);
@@ -646,6 +656,44 @@ static void ctx_free(hf_ctx *c) {
     sm_free(&c->cache);
     kvf_ids_free(&c->cache_ids);
     free(c->cache_rng);
+}
+
+/* A working state for one call: from the tokenizer's pool, or new. NULL (error set) on OOM. */
+static hf_ctx *ctx_acquire(const hf_impl *tc) {
+    hf_impl *t = (hf_impl *)tc; /* the pool is the only mutable part, behind its mutex */
+    hf_ctx *c = NULL;
+    pthread_mutex_lock(&t->pool_mu);
+    if (t->npool) c = t->pool[--t->npool];
+    pthread_mutex_unlock(&t->pool_mu);
+    if (c) return c;
+    c = malloc(sizeof *c);
+    KVF_CHECK_NULL(c, KVF_ERR_OOM, "%s: out of memory", t->name);
+    if (ctx_init(c, t) != KVF_OK) {
+        ctx_free(c);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void ctx_release(const hf_impl *tc, hf_ctx *c) {
+    hf_impl *t = (hf_impl *)tc;
+    pthread_mutex_lock(&t->pool_mu);
+    bool kept = t->npool < (int)(sizeof t->pool / sizeof t->pool[0]);
+    if (kept) t->pool[t->npool++] = c;
+    pthread_mutex_unlock(&t->pool_mu);
+    if (!kept) {
+        ctx_free(c);
+        free(c);
+    }
+}
+
+static void ctx_release_all(hf_impl *t) {
+    for (int i = 0; i < t->npool; i++) {
+        ctx_free(t->pool[i]);
+        free(t->pool[i]);
+    }
+    t->npool = 0;
 }
 
 static kvf_status span_push(spanv *v, size_t s, size_t e, bool m) {
@@ -1216,7 +1264,7 @@ static kvf_status bpe_piece(hf_ctx *c, const char *s, size_t len, kvf_ids *out) 
     int64_t before = out->count;
     KVF_TRY(bpe_word(c, s, len, out));
     if (cacheable) {
-        if (c->cache.n >= HF_CACHE_MAX_ENTRIES || c->cache_ids.count > (1 << 24)) {
+        if (c->cache.n >= HF_CACHE_MAX_ENTRIES || c->cache_ids.count > (1 << 20)) {
             sm_clear(&c->cache);
             c->cache_ids.count = 0;
         }
@@ -1258,7 +1306,6 @@ static kvf_status encode_piece(hf_ctx *c, const char *s, size_t n, bool first, k
 static kvf_status hf_encode_ctx(hf_ctx *c, const char *text, size_t len, kvf_ids *out) {
     const hf_impl *t = c->t;
     aspanv raw = {0}, nsp = {0};
-    kvf_bytes seg = {0};
     kvf_status st = added_split(c, &t->raw, text, len, &raw);
     for (size_t i = 0; i < raw.n && st == KVF_OK; i++) {
         const aspan *r = &raw.v[i];
@@ -1268,11 +1315,7 @@ static kvf_status hf_encode_ctx(hf_ctx *c, const char *text, size_t len, kvf_ids
         size_t nn;
         st = normalize(c, text + r->s, r->e - r->s, &ns, &nn);
         if (st != KVF_OK || !nn) continue;
-        if (t->norm.n) { /* keep the normalized text: encode_piece reuses the nb buffers */
-            seg.len = 0;
-            st = kvf_bytes_append(&seg, ns, nn);
-            if (st != KVF_OK) break;
-            ns = seg.data;
+        if (t->norm.n) {
             st = added_split(c, &t->norm, ns, nn, &nsp);
             for (size_t k = 0; k < nsp.n && st == KVF_OK; k++) {
                 const aspan *q = &nsp.v[k];
@@ -1285,7 +1328,6 @@ static kvf_status hf_encode_ctx(hf_ctx *c, const char *text, size_t len, kvf_ids
     }
     free(raw.v);
     free(nsp.v);
-    kvf_bytes_free(&seg);
     return st;
 }
 
@@ -1295,12 +1337,12 @@ static kvf_status hf_encode(const kvf_tokenizer *tok, const char *text, size_t l
     KVF_CHECK(bad == len, KVF_ERR_ARG,
               "tokenizer %s: the text is not valid UTF-8 (byte 0x%02X at offset %zu); Hugging "
               "Face tokenizers take Unicode text only", t->name, (unsigned char)text[bad], bad);
-    hf_ctx c;
-    kvf_status st = ctx_init(&c, t);
+    hf_ctx *c = ctx_acquire(t);
+    if (!c) return kvf_error_code();
     int64_t count0 = out->count;
-    if (st == KVF_OK) st = hf_encode_ctx(&c, text, len, out);
+    kvf_status st = hf_encode_ctx(c, text, len, out);
     if (st != KVF_OK) out->count = count0;
-    ctx_free(&c);
+    ctx_release(t, c);
     return st;
 }
 
@@ -1407,24 +1449,21 @@ static kvf_status dec_apply(hf_ctx *c, const hf_dec *d, const tlist *in, tlist *
             const unsigned char *s = (const unsigned char *)in->text.data + in->v[i].off;
             size_t n = in->v[i].len, l, nch = 0;
             for (size_t k = 0; k < n; k += u8_len(s[k])) nch++;
-            /* character positions → byte offsets on the fly */
-            size_t start_cut = 0, a = 0; /* a: byte offset of char start_cut */
-            for (size_t k = 0, b = 0; k < d->start && b < n; k++) {
-                if (u8_get(s + b, &l) != d->rep) break;
-                start_cut = k + 1;
-                b += l;
-                a = b;
+            /* decoders/strip.rs: up to `start` leading and `stop` trailing `content` characters
+             * go (the trailing ones only among those the leading cut left); a and z are the
+             * byte offsets of what stays */
+            size_t start_cut = 0, a = 0;
+            while (start_cut < d->start && a < n && u8_get(s + a, &l) == d->rep) {
+                start_cut++;
+                a += l;
             }
-            size_t stop_cut = nch, z = n; /* z: byte offset of char stop_cut */
-            size_t lim = d->stop < nch - start_cut ? d->stop : nch - start_cut;
+            size_t lim = d->stop < nch - start_cut ? d->stop : nch - start_cut, z = n;
             for (size_t k = 0; k < lim; k++) {
                 size_t q = z - 1;
                 while (q > 0 && (s[q] & 0xC0) == 0x80) q--;
                 if (u8_get(s + q, &l) != d->rep) break;
-                stop_cut--;
                 z = q;
             }
-            (void)stop_cut;
             KVF_TRY(tl_push(out, (const char *)s + a, z > a ? z - a : 0));
         }
         break;
@@ -1450,10 +1489,12 @@ static kvf_status hf_decode_impl(const kvf_tokenizer *tok, const int32_t *ids, i
         KVF_CHECK(ids[i] >= 0 && ids[i] < t->vocab_size, KVF_ERR_ARG,
                   "tokenizer %s: id %d at position %lld is outside the vocabulary [0, %d)", t->name,
                   (int)ids[i], (long long)i, (int)t->vocab_size);
-    hf_ctx c;
+    hf_ctx *cp = ctx_acquire(t);
+    if (!cp) return kvf_error_code();
+    hf_ctx *c = cp;
     tlist l[2];
     memset(l, 0, sizeof l);
-    kvf_status st = ctx_init(&c, t);
+    kvf_status st = KVF_OK;
     for (int64_t i = 0; i < n && st == KVF_OK; i++) {
         int32_t id = ids[i];
         if (skip && t->special[id]) continue;
@@ -1463,7 +1504,7 @@ static kvf_status hf_decode_impl(const kvf_tokenizer *tok, const int32_t *ids, i
     }
     int cur = 0;
     for (size_t k = 0; k < t->ndecs && st == KVF_OK; k++) {
-        st = dec_apply(&c, &t->decs[k], &l[cur], &l[1 - cur]);
+        st = dec_apply(c, &t->decs[k], &l[cur], &l[1 - cur]);
         cur = 1 - cur;
     }
     if (st == KVF_OK) st = kvf_bytes_reserve(out, l[cur].text.len + l[cur].n);
@@ -1473,7 +1514,7 @@ static kvf_status hf_decode_impl(const kvf_tokenizer *tok, const int32_t *ids, i
     }
     if (st == KVF_OK && !out->data) st = kvf_bytes_append(out, "", 0);
     for (int k = 0; k < 2; k++) { kvf_bytes_free(&l[k].text); free(l[k].v); }
-    ctx_free(&c);
+    ctx_release(t, c);
     return st;
 }
 
@@ -1597,11 +1638,75 @@ static kvf_status j_char(const hf_impl *t, const json_t *obj, const char *key, c
     return KVF_OK;
 }
 
+/* HF compiles its regexes with Oniguruma (Ruby syntax), whose Unicode \s, \w and \h differ from
+ * PCRE2's: \s = [\t-\r\x{85}\p{Z}] (PCRE2 adds U+180E), \w = [\p{L}\p{M}\p{N}\p{Pc}] (PCRE2
+ * 10.42 has no marks and only "_" of Pc), \h = a hex digit (PCRE2: horizontal space). Rewrite
+ * them as explicit classes (\S, \W, \H too, except inside a class, where PCRE2's own stay). */
+#define ONIG_SPACE "\\t-\\r\\x{85}\\p{Z}"
+#define ONIG_WORD "\\p{L}\\p{M}\\p{N}\\p{Pc}"
+#define ONIG_HEX "0-9a-fA-F"
+
+static kvf_status onig_to_pcre2(const char *p, size_t n, kvf_bytes *out) {
+    bool in_class = false;
+    out->len = 0;
+    KVF_TRY(kvf_bytes_append(out, "", 0));
+    for (size_t i = 0; i < n;) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < n) {
+            char d = p[i + 1];
+            const char *body = d == 's' || d == 'S' ? ONIG_SPACE : d == 'w' || d == 'W' ? ONIG_WORD
+                               : d == 'h' || d == 'H' ? ONIG_HEX : NULL;
+            bool neg = d == 'S' || d == 'W' || d == 'H';
+            if (body && !(in_class && neg)) {
+                if (!in_class) KVF_TRY(kvf_bytes_append(out, neg ? "[^" : "[", neg ? 2 : 1));
+                KVF_TRY(kvf_bytes_append(out, body, strlen(body)));
+                if (!in_class) KVF_TRY(kvf_bytes_append(out, "]", 1));
+            } else {
+                KVF_TRY(kvf_bytes_append(out, p + i, 2));
+            }
+            i += 2;
+            continue;
+        }
+        if (c == '[' && !in_class) {
+            in_class = true;
+            KVF_TRY(kvf_bytes_append(out, p + i, 1));
+            i++;
+            if (i < n && p[i] == '^') KVF_TRY(kvf_bytes_append(out, p + i++, 1));
+            if (i < n && p[i] == ']') KVF_TRY(kvf_bytes_append(out, p + i++, 1)); /* literal ] */
+            continue;
+        }
+        if (c == '[' && in_class && i + 1 < n && p[i + 1] == ':') { /* [:alpha:] */
+            const char *e = NULL;
+            for (size_t k = i + 2; k + 1 < n && !e; k++)
+                if (p[k] == ':' && p[k + 1] == ']') e = p + k + 2;
+            size_t l = e ? (size_t)(e - (p + i)) : 1;
+            KVF_TRY(kvf_bytes_append(out, p + i, l));
+            i += l;
+            continue;
+        }
+        if (c == ']' && in_class) in_class = false;
+        KVF_TRY(kvf_bytes_append(out, p + i, 1));
+        i++;
+    }
+    return KVF_OK;
+}
+
 static kvf_status compile_regex(const hf_impl *t, const char *pat, size_t len, const char *where,
                                 pcre2_code **out) {
     int err;
     PCRE2_SIZE off;
+    /* compiled as written first, so that a bad regex is reported at its own offsets */
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, len, PCRE2_UTF | PCRE2_UCP, &err, &off, NULL);
+    if (re) {
+        kvf_bytes rw = {0};
+        kvf_status st = onig_to_pcre2(pat, len, &rw);
+        if (st != KVF_OK) { pcre2_code_free(re); kvf_bytes_free(&rw); return st; }
+        if (rw.len != len || memcmp(rw.data, pat, len) != 0) {
+            pcre2_code_free(re);
+            re = pcre2_compile((PCRE2_SPTR)rw.data, rw.len, PCRE2_UTF | PCRE2_UCP, &err, &off, NULL);
+        }
+        kvf_bytes_free(&rw);
+    }
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
@@ -1969,6 +2074,7 @@ static kvf_status parse_model(hf_impl *t, const json_t *root) {
         KVF_CHECK(t->unk_token, KVF_ERR_OOM, "%s: out of memory", t->name);
         memcpy(t->unk_token, s, n);
         t->unk_token[n] = '\0';
+        t->unk_len = n;
     }
     KVF_TRY(j_str(t, m, "continuing_subword_prefix", "model", false, &s, &n));
     if (s && n) {
@@ -2015,7 +2121,7 @@ static kvf_status parse_model(hf_impl *t, const json_t *root) {
         snprintf(code, sizeof code, "<0x%02X>", b);
         t->byte_id[b] = sm_get(&t->vocab, code, 6);
     }
-    t->unk_id = t->unk_token ? sm_get(&t->vocab, t->unk_token, strlen(t->unk_token)) : -1;
+    t->unk_id = t->unk_token ? sm_get(&t->vocab, t->unk_token, t->unk_len) : -1;
 
     size_t nm = json_array_size(merges);
     KVF_TRY(mm_init(&t->merges, nm));
@@ -2112,7 +2218,16 @@ static kvf_status trie_build(const hf_impl *t, hf_trie *tr, tsort *v, size_t n) 
     return KVF_OK;
 }
 
+static kvf_status parse_added_with(hf_impl *t, const json_t *root, strmap *latest);
+
 static kvf_status parse_added(hf_impl *t, const json_t *root) {
+    strmap latest = {0}; /* content → index in t->added of its latest token */
+    kvf_status st = parse_added_with(t, root, &latest);
+    sm_free(&latest);
+    return st;
+}
+
+static kvf_status parse_added_with(hf_impl *t, const json_t *root, strmap *latest) {
     json_t *a = json_object_get(root, "added_tokens");
     size_t na = 0;
     if (a && !json_is_null(a)) {
@@ -2143,14 +2258,13 @@ static kvf_status parse_added(hf_impl *t, const json_t *root) {
         if (n == 0) continue; /* HF ignores empty added tokens */
         if (x.special) KVF_TRY(sm_put(&t->special_set, s, n, 1, NULL));
         /* an identical token (all fields) that is already added is ignored */
-        bool dup = false;
-        for (size_t k = 0; k < t->nadded && !dup; k++) {
-            const hf_added *o = &t->added[k];
-            dup = o->len == n && memcmp(o->content, s, n) == 0 && o->special == x.special &&
-                  o->single_word == x.single_word && o->lstrip == x.lstrip && o->rstrip == x.rstrip &&
-                  o->normalized == x.normalized;
+        int32_t prev = sm_get(latest, s, n);
+        if (prev >= 0) {
+            const hf_added *o = &t->added[prev];
+            if (o->special == x.special && o->single_word == x.single_word && o->lstrip == x.lstrip &&
+                o->rstrip == x.rstrip && o->normalized == x.normalized)
+                continue;
         }
-        if (dup) continue;
         /* id as HF assigns it: an existing token keeps its id, a new one takes the next free */
         int32_t id = sm_get(&t->added_map, s, n);
         if (id < 0) id = sm_get(&t->vocab, s, n);
@@ -2166,10 +2280,8 @@ static kvf_status parse_added(hf_impl *t, const json_t *root) {
         x.id = id;
         t->added[t->nadded++] = x;
         KVF_TRY(sm_put(&t->added_map, s, n, id, NULL));
-        int32_t am = -1;
-        for (size_t k = 0; k < t->added_map.n; k++)
-            if (t->added_map.e[k].val > am) am = t->added_map.e[k].val;
-        max_added = am;
+        KVF_TRY(sm_put(latest, s, n, (int32_t)t->nadded - 1, NULL));
+        if (id > max_added) max_added = id; /* an existing content keeps its id: a running max */
         if (id + 1 > t->vocab_size) t->vocab_size = id + 1;
     }
     return KVF_OK;
@@ -2321,6 +2433,7 @@ static kvf_tokenizer *load_common(const char *name, const char *json, size_t len
     KVF_CHECK_NULL(t, KVF_ERR_OOM, "%s: out of memory", name);
     t->name = strdup(name);
     if (!t->name) { free(t); KVF_CHECK_NULL(0, KVF_ERR_OOM, "%s: out of memory", name); }
+    pthread_mutex_init(&t->pool_mu, NULL);
     bytelevel_tables(t);
     kvf_status st = KVF_OK;
     json_error_t je;

@@ -10,14 +10,17 @@
  *                 byte_fallback (<0xXX> tokens), ignore_merges, continuing_subword_prefix,
  *                 end_of_word_suffix; dropout must be null or 0.
  *   normalizer    null, Sequence, Prepend, Append, Replace (String or Regex pattern, literal
- *                 content), NFC, NFD, NFKC, NFKD (tables from Unicode, see
- *                 tools/gen_tokenizer_unicode.py), Lowercase, Strip.
+ *                 content), NFC, NFD, NFKC, NFKD (Unicode 14 tables made from Python's
+ *                 unicodedata by tools/gen_tokenizer_unicode.py; HF's crate may be on an older
+ *                 Unicode, which matters only for characters added since), Lowercase, Strip.
  *   pre_tokenizer null, Sequence, ByteLevel (add_prefix_space, use_regex = the GPT-2 regex),
  *                 Split (String or Regex pattern, all five behaviors, invert), Metaspace
  *                 (replacement, prepend_scheme always / first / never, split), Digits,
  *                 Whitespace, WhitespaceSplit, Punctuation, CharDelimiterSplit.
- *                 Regexes are PCRE2 with UTF and Unicode properties (HF uses Oniguruma; the
- *                 tokenizer regexes in use — GPT-2, Llama-3, Qwen2 — mean the same in both).
+ *                 Regexes are PCRE2 with UTF and Unicode properties; HF uses Oniguruma, so \s,
+ *                 \w, \h (and \S, \W, \H outside classes) are rewritten to Oniguruma's
+ *                 meaning (\s = [\t-\r\x{85}\p{Z}], \w = [\p{L}\p{M}\p{N}\p{Pc}]). A pattern
+ *                 PCRE2 rejects is an error with PCRE2's message and offset.
  *   decoder       null (tokens joined with " "), Sequence, ByteLevel, Metaspace, Replace,
  *                 ByteFallback, Fuse, Strip, BPEDecoder.
  *   added_tokens  special and not: found in the text before anything else (leftmost, then
@@ -33,8 +36,10 @@
  * KVF_ERR_ARG naming the byte offset.
  *
  * decode (the vtable's) = HF `Tokenizer.decode(ids)` with its default skip_special_tokens=True:
- * special added tokens (and vocab entries spelled like one) decode to nothing, exactly like the
- * byte tokenizer's end-of-text id; kvf_tokenizer_hf_decode_ex gives skip_special_tokens=False.
+ * special added tokens (and vocab entries spelled like one) decode to nothing, like the byte
+ * tokenizer's end-of-text id; this is also what the fixtures' expected.json holds ("<unk>"
+ * decodes to ""). kvf_tokenizer_hf_decode_ex(..., false, ...) is skip_special_tokens=False,
+ * the exact inverse of encode wherever the vocabulary covers the text.
  * Both run the tokenizer's decoder chain as HF does (ByteLevel turns invalid UTF-8 into U+FFFD
  * like Rust's from_utf8_lossy). Ids in [0, vocab_size) that no token has decode to nothing
  * (HF skips them); ids outside it are KVF_ERR_ARG.
@@ -48,11 +53,17 @@
  *      for eos: <|endoftext|>, <|end_of_text|>, </s>, <eos>, <|eos|>;
  *   otherwise -1.
  *
- * The returned tokenizer is immutable and may be shared by threads (each encode call keeps its
- * own BPE word cache). Errors: KVF_ERR_IO (file), KVF_ERR_FORMAT (broken JSON with line and
- * column, missing or mistyped fields, merges naming unknown tokens, bad regexes with PCRE2's
- * message and offset), KVF_ERR_UNSUPPORTED (valid HF features kvforge does not implement),
- * KVF_ERR_OOM; every message starts with the file name. */
+ * The tokenizer may be shared by threads. Working state (the BPE word cache, regex scratch) is
+ * kept in a small mutex-guarded pool inside it and reused across calls, so short calls are
+ * cheap (~2 µs for a sentence) and the cache survives between documents.
+ *
+ * Errors: KVF_ERR_IO (file), KVF_ERR_FORMAT (broken JSON with line and column, missing or
+ * mistyped fields, merges naming unknown tokens, bad regexes with PCRE2's message and offset,
+ * an unk_token missing from the vocab once it is needed), KVF_ERR_UNSUPPORTED (valid HF
+ * features kvforge does not implement: other model types, Precompiled / BertNormalizer /
+ * StripAccents / Nmt normalizers, UnicodeScripts / FixedLength pre-tokenizers, WordPiece / CTC
+ * decoders, BPE dropout, Replace with $ group references, ids >= 2^22), KVF_ERR_OOM; every
+ * message starts with the file name. Only library-side: nothing is printed. */
 #ifndef KVF_DATA_TOKENIZER_HF_H
 #define KVF_DATA_TOKENIZER_HF_H
 

@@ -627,6 +627,12 @@ START_TEST(normalizers) {
     EXPECT_DECODE(t, true, "a b!", 3, 4, 5);
     EXPECT_DECODE(t, true, " a", 0, 3); /* Strip removes one leading space only */
     kvf_tokenizer_free(t);
+    /* Strip at both ends, counted in characters */
+    t = mk("{\"type\":\"BPE\",\"vocab\":{\"\\u2581\\u2581a\\u2581\\u2581\":0,\"\\u2581\":1},\"merges\":[]}",
+           NULL, NULL, "{\"type\":\"Strip\",\"content\":\"\\u2581\",\"start\":1,\"stop\":5}", NULL);
+    EXPECT_DECODE(t, true, "\xE2\x96\x81" "a", 0);
+    EXPECT_DECODE(t, true, "", 1);
+    kvf_tokenizer_free(t);
 
     /* Unicode forms, lowercase, strip, regex replace: the normalized text comes back byte for
      * byte through a byte-level vocabulary (decode of the ids = the normalized UTF-8) */
@@ -714,6 +720,30 @@ START_TEST(split_behaviors) {
     t = mk("{\"type\":\"BPE\",\"ignore_merges\":true,\"vocab\":{\"ab\":0,\"12\":3,\"!?\":6,\"!\":4,\"?\":5,"
            "\"ab12\":9},\"merges\":[]}", NULL, "{\"type\":\"Whitespace\"}", NULL, NULL);
     EXPECT_IDS(t, "ab12 !?", 9, 6); /* \\w+ then [^\\w\\s]+, whitespace dropped */
+    kvf_tokenizer_free(t);
+    /* Punctuation (Isolated by default), CharDelimiterSplit, BertPreTokenizer */
+    const char *pv = "{\"type\":\"BPE\",\"ignore_merges\":true,\"vocab\":{\"a\":0,\",\":1,\"b\":2,\"!\":3,"
+                     "\"a,b!\":4,\"$\":5,\"x\":6,\"ab\":7},\"merges\":[]}";
+    t = mk(pv, NULL, "{\"type\":\"Punctuation\"}", NULL, NULL);
+    EXPECT_IDS(t, "a,b!$", 0, 1, 2, 3, 5); /* $ is ASCII punctuation to Rust, a symbol to Unicode */
+    kvf_tokenizer_free(t);
+    t = mk(pv, NULL, "{\"type\":\"CharDelimiterSplit\",\"delimiter\":\"x\"}", NULL, NULL);
+    EXPECT_IDS(t, "xaxxa,b!x", 0, 4);
+    kvf_tokenizer_free(t);
+    t = mk(pv, NULL, "{\"type\":\"BertPreTokenizer\"}", NULL, NULL);
+    EXPECT_IDS(t, " ab  a,b!", 7, 0, 1, 2, 3);
+    kvf_tokenizer_free(t);
+    /* Split regexes mean what they mean in Oniguruma (HF's engine): \\w takes combining marks,
+     * \\s does not take U+180E */
+    const char *mv = "{\"type\":\"BPE\",\"ignore_merges\":true,\"vocab\":{\"e\\u0301x\":0,\"y\":1,\"e\":2,"
+                     "\"x\":3,\"\\u0301\":4,\"a\\u180eb\":5,\"a\":6,\"b\":7},\"merges\":[]}";
+    t = mk(mv, NULL, "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\w+\"},\"behavior\":\"Removed\","
+           "\"invert\":true}", NULL, NULL);
+    EXPECT_IDS(t, "e\xCC\x81x y", 0, 1);
+    kvf_tokenizer_free(t);
+    t = mk(mv, NULL, "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\s\"},\"behavior\":\"Removed\","
+           "\"invert\":false}", NULL, NULL);
+    EXPECT_IDS(t, "a\xE1\xA0\x8E" "b a\xC2\x85" "b", 5, 6, 7); /* U+180E kept, NEL splits */
     kvf_tokenizer_free(t);
 }
 END_TEST
