@@ -7,7 +7,7 @@
 #include "data/corpus.h"
 #include "data/shard.h"
 #include "data/tokenizer_load.h"
-#include "train/fsutil.h"
+#include "data/fsutil.h"
 
 int kvf_cmd_prepare(int argc, char **argv) {
     static const struct option opts[] = {{"tokenizer", required_argument, 0, 't'},

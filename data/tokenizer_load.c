@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "fsutil.h"
 #include "tokenizer_hf.h"
 
 #define KVF_TOKENIZER_FILE "kvforge_tokenizer.json"
@@ -82,22 +83,6 @@ kvf_status kvf_tokenizer_save_spec(const char *spec, const char *dir) {
         snprintf(dst, sizeof dst, "%s/%s", dir,
                  n >= m && !strcmp(spec + n - m, KVF_TOKENIZER_FILE) ? KVF_TOKENIZER_FILE : "tokenizer.json");
     }
-    FILE *in = fopen(src, "rb");
-    if (!in) return kvf_error_set(KVF_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
-    FILE *out = fopen(dst, "wb");
-    if (!out) {
-        fclose(in);
-        return kvf_error_set(KVF_ERR_IO, "%s: cannot create: %s", dst, strerror(errno));
-    }
-    char buf[65536];
-    size_t k;
-    bool ok = true;
-    while ((k = fread(buf, 1, sizeof buf, in)) > 0) ok = ok && fwrite(buf, 1, k, out) == k;
-    fclose(in);
-    if (fclose(out) != 0) ok = false;
-    if (!ok) {
-        remove(dst);
-        return kvf_error_set(KVF_ERR_IO, "%s: copy failed: %s", dst, strerror(errno));
-    }
-    return KVF_OK;
+    const char *slash = strrchr(dst, '/');
+    return kvf_fs_copy_file(src, dir, slash ? slash + 1 : dst);
 }

@@ -14,7 +14,7 @@ export KVF_BIN="$build/kvforge"
 bash scripts/compare.sh recipes/scratch/demo.yaml "$@"
 echo
 "$KVF_BIN" info --model runs/demo/gqa2/checkpoint
-tail -c 100000 data/kjv.txt > runs/demo/heldout.txt
+tail -c 100000 corpus/kjv.txt > runs/demo/heldout.txt
 "$KVF_BIN" eval --model runs/demo/gqa2/checkpoint --data runs/demo/heldout.txt --seq-len 96
 "$KVF_BIN" generate --model runs/demo/gqa2/checkpoint --prompt "And God said" --max-new 120 --seed 1
 echo "loss curves: runs/demo/curves.svg"

@@ -14,7 +14,7 @@
 #include "data/tokenizer.h"
 #include "model/checkpoint.h"
 #include "train/eval.h"
-#include "train/fsutil.h"
+#include "data/fsutil.h"
 #include "train/trainer.h"
 
 static char tmpdir[256], corpus[512];

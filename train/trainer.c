@@ -14,7 +14,7 @@
 #include "data/corpus.h"
 #include "data/tokenizer_load.h"
 #include "eval.h"
-#include "fsutil.h"
+#include "data/fsutil.h"
 #include "metrics.h"
 #include "model/checkpoint.h"
 #include "optim/accum.h"

@@ -1,7 +1,7 @@
 /* fsutil.h — the few file-system steps runs need: make folders, swap a finished folder
  * into place, remove a tree, copy a file. Errors name the path and the system's reason. */
-#ifndef KVF_TRAIN_FSUTIL_H
-#define KVF_TRAIN_FSUTIL_H
+#ifndef KVF_DATA_FSUTIL_H
+#define KVF_DATA_FSUTIL_H
 
 #include <stdbool.h>
 
