@@ -1,0 +1,1047 @@
+/* The CUDA backend against the CPU reference (label "gpu"; exit 77 = skipped without a GPU
+ * or without a CUDA build).
+ *
+ * Every case runs an op (or a few) through the public ops (autograd/ops.h) on a CUDA ctx
+ * and on a CPU ctx from the same inputs (for bf16 runs: the bf16-rounded values, so only
+ * the kernels' own error is measured), builds loss = Σ f32(out)·R with a fixed random R,
+ * runs backward, and compares the output and every input gradient:
+ *   ‖gpu − cpu‖ / ‖cpu‖ <= 1e-5 for f32 (cuBLASLt in plain f32, no TF32), 2e-2 for bf16.
+ * NaN or Inf where the CPU is finite always fails. Before each GPU run the ctx's arena is
+ * filled with NaN bytes, so an output element a kernel forgets to write shows up.
+ * Also: strided views, broadcasting, GQA/MQA/MLA/window/non-causal/T<S attention, the
+ * GEMM contract (beta, shared C, stride 0) through the backend table, dtype conversions,
+ * bitwise run-to-run determinism of the backward kernels, errors (f64, out of memory), and
+ * whole tiny models (f32) giving the CPU's loss and parameter gradients. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/backend.h"
+#include "autograd/context.h"
+#include "autograd/ops.h"
+#include "autograd/params.h"
+#include "autograd/rng.h"
+#include "autograd/tape.h"
+#include "model/transformer.h"
+#include "model/variant.h"
+
+static kvf_ctx *g_cpu, *g_gpu;
+static kvf_rng g_rng;
+
+#define TOL_F32 1e-5
+#define TOL_BF16 2e-2
+
+/* ---- poisoning ------------------------------------------------------------------------------- */
+
+#define POISON_BLOCK ((size_t)64 << 10)
+
+/* Fill the GPU arena with 0xFF bytes (NaN for f32 and bf16), then rewind it: the next
+ * arena tensors are carved from poisoned memory. */
+static void poison(kvf_ctx *ctx) {
+    static unsigned char *ff;
+    if (!ff) {
+        ff = malloc(POISON_BLOCK);
+        memset(ff, 0xff, POISON_BLOCK);
+    }
+    const kvf_backend *be = kvf_ctx_backend(ctx);
+    kvf_ctx_reset(ctx);
+    if (kvf_ctx_arena_reserved(ctx) == 0) {
+        kvf_ctx_alloc(ctx, 1);
+        kvf_ctx_reset(ctx);
+    }
+    for (;;) {
+        size_t before = kvf_ctx_arena_reserved(ctx);
+        if (kvf_ctx_arena_used(ctx) + POISON_BLOCK > before) break;
+        void *p = kvf_ctx_alloc(ctx, POISON_BLOCK);
+        ck_assert_msg(p != NULL, "poison: %s", kvf_error_message());
+        ck_assert_int_eq(be->upload(p, ff, POISON_BLOCK), KVF_OK);
+        if (kvf_ctx_arena_reserved(ctx) != before) break; /* a new chunk: stop here */
+    }
+    kvf_ctx_reset(ctx);
+}
+
+/* ---- inputs ------------------------------------------------------------------------------------ */
+
+enum in_kind { IN_FLOAT, IN_IDS, IN_POSITIVE };
+
+struct spec {
+    enum in_kind kind;
+    int ndim;
+    int64_t shape[4];
+    int64_t vocab;     /* IN_IDS: values in [0, vocab) */
+    int ignore_every;  /* IN_IDS: every k-th is -100 */
+    bool same_id;      /* IN_IDS: every id the same (a long run in the embedding sort) */
+    bool no_grad;
+    double std;        /* IN_FLOAT: 0 → 1 */
+};
+
+struct host_in {
+    int64_t n;
+    float *f;
+    int32_t *ids;
+};
+
+static int64_t spec_numel(const struct spec *s) {
+    int64_t n = 1;
+    for (int i = 0; i < s->ndim; i++) n *= s->shape[i];
+    return n;
+}
+
+static float round_to(kvf_dtype dt, float v) {
+    return dt == KVF_DTYPE_BF16 ? kvf_bf16_to_f32(kvf_f32_to_bf16(v)) : v;
+}
+
+static void make_inputs(int n, const struct spec *sp, struct host_in *h, kvf_dtype dt) {
+    for (int i = 0; i < n; i++) {
+        h[i].n = spec_numel(&sp[i]);
+        h[i].f = NULL;
+        h[i].ids = NULL;
+        size_t m = (size_t)(h[i].n ? h[i].n : 1);
+        if (sp[i].kind == IN_IDS) {
+            h[i].ids = malloc(sizeof(int32_t) * m);
+            int32_t same = (int32_t)kvf_rng_below(&g_rng, (uint64_t)sp[i].vocab);
+            for (int64_t j = 0; j < h[i].n; j++) {
+                h[i].ids[j] = sp[i].same_id ? same : (int32_t)kvf_rng_below(&g_rng, (uint64_t)sp[i].vocab);
+                if (sp[i].ignore_every && j % sp[i].ignore_every == 1) h[i].ids[j] = -100;
+            }
+        } else {
+            h[i].f = malloc(sizeof(float) * m);
+            for (int64_t j = 0; j < h[i].n; j++) {
+                double v = sp[i].kind == IN_POSITIVE ? 0.5 + 1.5 * kvf_rng_uniform(&g_rng)
+                                                     : (sp[i].std > 0 ? sp[i].std : 1.0) * kvf_rng_normal(&g_rng);
+                h[i].f[j] = round_to(dt, (float)v);
+            }
+        }
+    }
+}
+
+static void free_inputs(int n, struct host_in *h) {
+    for (int i = 0; i < n; i++) {
+        free(h[i].f);
+        free(h[i].ids);
+    }
+}
+
+static kvf_tensor *upload_input(kvf_ctx *ctx, const struct spec *s, const struct host_in *h,
+                                kvf_dtype dt) {
+    if (s->kind == IN_IDS) return kvf_tensor_from_host(ctx, KVF_DTYPE_I32, s->ndim, s->shape, h->ids);
+    if (dt == KVF_DTYPE_F32) return kvf_tensor_from_host(ctx, KVF_DTYPE_F32, s->ndim, s->shape, h->f);
+    uint16_t *b = malloc(sizeof(uint16_t) * (size_t)(h->n ? h->n : 1));
+    for (int64_t j = 0; j < h->n; j++) b[j] = kvf_f32_to_bf16(h->f[j]);
+    kvf_tensor *t = kvf_tensor_from_host(ctx, KVF_DTYPE_BF16, s->ndim, s->shape, b);
+    free(b);
+    return t;
+}
+
+/* A tensor (any float dtype, contiguous) to host f32. */
+static float *to_host_f32(const kvf_tensor *t) {
+    int64_t n = kvf_tensor_numel(t);
+    float *out = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    ck_assert_msg(kvf_tensor_is_contiguous(t), "to_host_f32: %s is not contiguous",
+                  kvf_tensor_describe(t, (char[96]){0}, 96));
+    if (t->dtype == KVF_DTYPE_F32) {
+        ck_assert_msg(kvf_tensor_to_host(t, out, kvf_tensor_nbytes(t)) == KVF_OK, "%s",
+                      kvf_error_message());
+    } else {
+        ck_assert_int_eq(t->dtype, KVF_DTYPE_BF16);
+        uint16_t *b = malloc(sizeof(uint16_t) * (size_t)(n ? n : 1));
+        ck_assert_msg(kvf_tensor_to_host(t, b, kvf_tensor_nbytes(t)) == KVF_OK, "%s",
+                      kvf_error_message());
+        for (int64_t j = 0; j < n; j++) out[j] = kvf_bf16_to_f32(b[j]);
+        free(b);
+    }
+    return out;
+}
+
+/* ---- comparing --------------------------------------------------------------------------------- */
+
+/* ‖g − c‖ / max(‖c‖, floor) (absolute when both are 0); +inf when g has a non-finite value
+ * c does not. */
+static double rel_err(const float *g, const float *c, int64_t n, double floor, int64_t *worst) {
+    double num = 0, den = 0, wd = -1;
+    *worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(g[i]) && isfinite(c[i])) {
+            *worst = i;
+            return INFINITY;
+        }
+        double d = (double)g[i] - (double)c[i];
+        if (!isfinite(c[i])) d = (g[i] == c[i]) ? 0.0 : INFINITY;
+        num += d * d;
+        den += (double)c[i] * (double)c[i];
+        if (fabs(d) > wd) {
+            wd = fabs(d);
+            *worst = i;
+        }
+    }
+    if (!isfinite(num)) return INFINITY;
+    den = sqrt(den);
+    if (den < floor) den = floor;
+    return den > 0 ? sqrt(num) / den : sqrt(num);
+}
+
+static bool check_close_floor(const char *name, const char *what, const float *g,
+                              const float *c, int64_t n, double tol, double floor) {
+    int64_t w;
+    double e = rel_err(g, c, n, floor, &w);
+    if (getenv("KVF_GPU_VERBOSE")) fprintf(stderr, "%s: %s: relative error %.3g\n", name, what, e);
+    if (e <= tol) return true;
+    fprintf(stderr, "%s: %s: relative error %.3g > %.3g (%lld elements; worst at %lld: gpu %.8g, "
+            "cpu %.8g)\n", name, what, e, tol, (long long)n, (long long)w, n ? g[w] : 0.0,
+            n ? c[w] : 0.0);
+    return false;
+}
+
+static bool check_close(const char *name, const char *what, const float *g, const float *c,
+                        int64_t n, double tol) {
+    return check_close_floor(name, what, g, c, n, tol, 0.0);
+}
+
+static double norm2(const float *x, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    return sqrt(s);
+}
+
+/* ---- one op on both backends ----------------------------------------------------------------- */
+
+typedef kvf_tensor *(*op_fn)(kvf_ctx *ctx, kvf_tensor **in, void *ud);
+
+#define MAX_IN 4
+
+struct run_result {
+    int64_t ny;
+    float *y;
+    float *grad[MAX_IN]; /* NULL for ids / no-grad inputs */
+};
+
+static void result_free(struct run_result *r) {
+    free(r->y);
+    for (int i = 0; i < MAX_IN; i++) free(r->grad[i]);
+    memset(r, 0, sizeof *r);
+}
+
+/* Forward + backward of loss = Σ f32(f(in))·R on ctx, inputs in dt; R is drawn from seed
+ * 4242 and rounded to rdt (the dtype compared, so that casting dy back to it is exact). */
+static bool run_once(const char *name, kvf_ctx *ctx, op_fn f, void *ud, int n,
+                     const struct spec *sp, const struct host_in *h, kvf_dtype dt,
+                     kvf_dtype rdt, struct run_result *res) {
+    memset(res, 0, sizeof *res);
+    if (kvf_ctx_device(ctx) == KVF_DEVICE_CUDA) poison(ctx);
+    else kvf_ctx_reset(ctx);
+    kvf_ctx_set_grad(ctx, true);
+    kvf_tensor *t[MAX_IN];
+    for (int i = 0; i < n; i++) {
+        t[i] = upload_input(ctx, &sp[i], &h[i], dt);
+        if (!t[i]) {
+            fprintf(stderr, "%s: input %d: %s\n", name, i, kvf_error_message());
+            return false;
+        }
+        t[i]->requires_grad = sp[i].kind != IN_IDS && !sp[i].no_grad;
+    }
+    kvf_tensor *args[MAX_IN];
+    memcpy(args, t, sizeof t);
+    kvf_tensor *y = f(ctx, args, ud);
+    kvf_tensor *yc = y ? kvf_cast(ctx, y, KVF_DTYPE_F32) : NULL;
+    if (!yc) {
+        fprintf(stderr, "%s on %s: forward failed: %s (%s)\n", name,
+                kvf_device_name(kvf_ctx_device(ctx)), kvf_error_message(), kvf_error_location());
+        kvf_error_clear();
+        return false;
+    }
+    res->ny = kvf_tensor_numel(yc);
+    float *R = malloc(sizeof(float) * (size_t)(res->ny ? res->ny : 1));
+    kvf_rng rr;
+    kvf_rng_init(&rr, 4242);
+    for (int64_t i = 0; i < res->ny; i++) R[i] = round_to(rdt, (float)kvf_rng_normal(&rr));
+    kvf_tensor *rt = kvf_tensor_from_host(ctx, KVF_DTYPE_F32, yc->ndim, yc->shape, R);
+    free(R);
+    kvf_tensor *loss = rt ? kvf_sum(ctx, kvf_mul(ctx, yc, rt), KVF_ALL_AXES, false) : NULL;
+    if (!loss || kvf_backward(ctx, loss) != KVF_OK) {
+        fprintf(stderr, "%s on %s: backward failed: %s (%s)\n", name,
+                kvf_device_name(kvf_ctx_device(ctx)), kvf_error_message(), kvf_error_location());
+        kvf_error_clear();
+        return false;
+    }
+    res->y = to_host_f32(yc);
+    for (int i = 0; i < n; i++) {
+        if (!t[i]->requires_grad) continue;
+        if (t[i]->grad) {
+            res->grad[i] = to_host_f32(t[i]->grad);
+        } else {
+            res->grad[i] = calloc((size_t)(h[i].n ? h[i].n : 1), sizeof(float));
+        }
+    }
+    return true;
+}
+
+/* GPU (dtype dt) against CPU (f32) on the same inputs; tol 0 picks the default. */
+static bool compare_op(const char *name, op_fn f, void *ud, int n, const struct spec *sp,
+                       kvf_dtype dt, double tol) {
+    if (tol <= 0) tol = dt == KVF_DTYPE_F32 ? TOL_F32 : TOL_BF16;
+    char full[160];
+    snprintf(full, sizeof full, "%s [%s]", name, kvf_dtype_name(dt));
+    struct host_in h[MAX_IN];
+    make_inputs(n, sp, h, dt);
+    struct run_result c = {0}, g = {0};
+    bool ok = run_once(full, g_cpu, f, ud, n, sp, h, KVF_DTYPE_F32, dt, &c) &&
+              run_once(full, g_gpu, f, ud, n, sp, h, dt, dt, &g);
+    if (ok) {
+        ok = c.ny == g.ny && check_close(full, "output", g.y, c.y, c.ny, tol);
+        for (int i = 0; i < n && ok; i++) {
+            if (!c.grad[i]) continue;
+            char what[32];
+            snprintf(what, sizeof what, "grad of input %d", i);
+            ok = check_close(full, what, g.grad[i], c.grad[i], h[i].n, tol);
+        }
+    }
+    result_free(&c);
+    result_free(&g);
+    free_inputs(n, h);
+    return ok;
+}
+
+static const kvf_dtype DTYPES[2] = {KVF_DTYPE_F32, KVF_DTYPE_BF16};
+
+#define SPEC_F(...) {.kind = IN_FLOAT, .ndim = (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), .shape = {__VA_ARGS__}}
+#define SPEC_P(...) {.kind = IN_POSITIVE, .ndim = (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), .shape = {__VA_ARGS__}}
+
+/* ---- matmul ------------------------------------------------------------------------------------ */
+
+struct mm_case {
+    const char *name;
+    bool ta, tb;
+    struct spec a, b;
+};
+
+static kvf_tensor *f_matmul(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct mm_case *c = ud;
+    return kvf_matmul(ctx, in[0], in[1], c->ta, c->tb);
+}
+
+static const struct mm_case mm_cases[] = {
+    {"linear 3x5x7 · 7x9", false, false, SPEC_F(3, 5, 7), SPEC_F(7, 9)},
+    {"linear Bᵀ 4x6 · (8x6)ᵀ", false, true, SPEC_F(4, 6), SPEC_F(8, 6)},
+    {"batched 2x5x7 · 2x7x9", false, false, SPEC_F(2, 5, 7), SPEC_F(2, 7, 9)},
+    {"Aᵀ shared B (stride 0) 3x(7x5)ᵀ · 7x9", true, false, SPEC_F(3, 7, 5), SPEC_F(7, 9)},
+    {"Aᵀ Bᵀ 4-D 2x3x(6x5)ᵀ · 2x3x(4x6)ᵀ", true, true, SPEC_F(2, 3, 6, 5), SPEC_F(2, 3, 4, 6)},
+    {"odd 33x129 · 129x65", false, false, SPEC_F(33, 129), SPEC_F(129, 65)},
+    {"tall 2x100x64 · (96x64)ᵀ", false, true, SPEC_F(2, 100, 64), SPEC_F(96, 64)},
+    {"vector 1x17 · 17x1", false, false, SPEC_F(1, 17), SPEC_F(17, 1)},
+};
+
+START_TEST(matmul_vs_cpu) {
+    const struct mm_case *c = &mm_cases[_i];
+    struct spec sp[2] = {c->a, c->b};
+    for (int d = 0; d < 2; d++)
+        ck_assert_msg(compare_op(c->name, f_matmul, (void *)c, 2, sp, DTYPES[d], 0), "%s", c->name);
+}
+END_TEST
+
+/* ---- elementwise ------------------------------------------------------------------------------- */
+
+enum ew_op { EW_ADD, EW_SUB, EW_MUL, EW_DIV, EW_SCALE, EW_EXP, EW_LOG, EW_SILU, EW_GELU_T, EW_GELU_E,
+             EW_SWIGLU, EW_MUL_PERM, EW_ADD_SLICE, EW_UNARY_PERM };
+
+struct ew_case {
+    const char *name;
+    enum ew_op op;
+    int n;
+    struct spec in[2];
+};
+
+static kvf_tensor *f_ew(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct ew_case *c = ud;
+    switch (c->op) {
+    case EW_ADD: return kvf_add(ctx, in[0], in[1]);
+    case EW_SUB: return kvf_sub(ctx, in[0], in[1]);
+    case EW_MUL: return kvf_mul(ctx, in[0], in[1]);
+    case EW_DIV: return kvf_div(ctx, in[0], in[1]);
+    case EW_SCALE: return kvf_scale(ctx, in[0], -0.7);
+    case EW_EXP: return kvf_exp(ctx, in[0]);
+    case EW_LOG: return kvf_log(ctx, in[0]);
+    case EW_SILU: return kvf_silu(ctx, in[0]);
+    case EW_GELU_T: return kvf_gelu(ctx, in[0], KVF_GELU_TANH);
+    case EW_GELU_E: return kvf_gelu(ctx, in[0], KVF_GELU_ERF);
+    case EW_SWIGLU: return kvf_swiglu(ctx, in[0], in[1]);
+    case EW_MUL_PERM: /* strided a (a transposed view) times a broadcast b */
+        return kvf_mul(ctx, kvf_transpose(ctx, in[0], 0, 2), in[1]);
+    case EW_ADD_SLICE: /* a column slice (strided rows) plus a row vector */
+        return kvf_add(ctx, kvf_slice(ctx, in[0], 1, 3, 17), in[1]);
+    case EW_UNARY_PERM: return kvf_silu(ctx, kvf_permute(ctx, in[0], (int[]){2, 0, 1}));
+    }
+    return NULL;
+}
+
+static const struct ew_case ew_cases[] = {
+    {"add broadcast [4,5,6]+[6]", EW_ADD, 2, {SPEC_F(4, 5, 6), SPEC_F(6)}},
+    {"sub broadcast [3,1,5]-[4,5]", EW_SUB, 2, {SPEC_F(3, 1, 5), SPEC_F(4, 5)}},
+    {"mul broadcast [2,3,4,5]*[2,1,4,1]", EW_MUL, 2, {SPEC_F(2, 3, 4, 5), SPEC_F(2, 1, 4, 1)}},
+    {"div [7,33]/[7,1]", EW_DIV, 2, {SPEC_F(7, 33), SPEC_P(7, 1)}},
+    {"add same shape [1000,37]", EW_ADD, 2, {SPEC_F(1000, 37), SPEC_F(1000, 37)}},
+    {"scale [5,37]", EW_SCALE, 1, {SPEC_F(5, 37)}},
+    {"exp [5,37]", EW_EXP, 1, {SPEC_F(5, 37)}},
+    {"log [5,37]", EW_LOG, 1, {SPEC_P(5, 37)}},
+    {"silu [5,37]", EW_SILU, 1, {SPEC_F(5, 37)}},
+    {"gelu tanh [5,37]", EW_GELU_T, 1, {SPEC_F(5, 37)}},
+    {"gelu erf [5,37]", EW_GELU_E, 1, {SPEC_F(5, 37)}},
+    {"swiglu [5,77]", EW_SWIGLU, 2, {SPEC_F(5, 77), SPEC_F(5, 77)}},
+    {"swiglu [3,1000]", EW_SWIGLU, 2, {SPEC_F(3, 1000), SPEC_F(3, 1000)}},
+    {"mul transposed [6,5,4]ᵀ*[4,5,1]", EW_MUL_PERM, 2, {SPEC_F(6, 5, 4), SPEC_F(4, 5, 1)}},
+    {"add slice [9,31][:,3:20]+[17]", EW_ADD_SLICE, 2, {SPEC_F(9, 31), SPEC_F(17)}},
+    {"silu permuted [3,4,5]", EW_UNARY_PERM, 1, {SPEC_F(3, 4, 5)}},
+};
+
+START_TEST(elementwise_vs_cpu) {
+    const struct ew_case *c = &ew_cases[_i];
+    for (int d = 0; d < 2; d++)
+        ck_assert_msg(compare_op(c->name, f_ew, (void *)c, c->n, c->in, DTYPES[d], 0), "%s", c->name);
+}
+END_TEST
+
+/* ---- views, copies, reductions ---------------------------------------------------------------- */
+
+enum rv_op { RV_SUM0, RV_SUM_LAST, RV_SUM_MID, RV_SUM_ALL, RV_MEAN, RV_CONTIG_PERM, RV_CONCAT,
+             RV_SUM_PERM };
+
+struct rv_case {
+    const char *name;
+    enum rv_op op;
+    int n;
+    struct spec in[2];
+};
+
+static kvf_tensor *f_rv(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct rv_case *c = ud;
+    switch (c->op) {
+    case RV_SUM0: return kvf_sum(ctx, in[0], 0, false);
+    case RV_SUM_LAST: return kvf_sum(ctx, in[0], -1, true);
+    case RV_SUM_MID: return kvf_sum(ctx, in[0], 1, false);
+    case RV_SUM_ALL: return kvf_sum(ctx, in[0], KVF_ALL_AXES, false);
+    case RV_MEAN: return kvf_mean(ctx, in[0], -1, false);
+    case RV_CONTIG_PERM: return kvf_contiguous(ctx, kvf_permute(ctx, in[0], (int[]){3, 1, 0, 2}));
+    case RV_CONCAT: {
+        kvf_tensor *xs[3] = {in[0], in[1], in[0]};
+        return kvf_concat(ctx, xs, 3, 1);
+    }
+    case RV_SUM_PERM: return kvf_sum(ctx, kvf_transpose(ctx, in[0], 0, 1), 0, false);
+    }
+    return NULL;
+}
+
+static const struct rv_case rv_cases[] = {
+    {"sum axis 0 [300,7]", RV_SUM0, 1, {SPEC_F(300, 7)}},
+    {"sum axis 0 [20000,3] (chunked)", RV_SUM0, 1, {SPEC_F(20000, 3)}},
+    {"sum axis 0 [64,4096]", RV_SUM0, 1, {SPEC_F(64, 4096)}},
+    {"sum last [7,300]", RV_SUM_LAST, 1, {SPEC_F(7, 300)}},
+    {"sum last [3,100000] (chunked)", RV_SUM_LAST, 1, {SPEC_F(3, 100000)}},
+    {"sum mid [4,50,6]", RV_SUM_MID, 1, {SPEC_F(4, 50, 6)}},
+    {"sum all [1000,3]", RV_SUM_ALL, 1, {SPEC_F(1000, 3)}},
+    {"sum all [200003]", RV_SUM_ALL, 1, {SPEC_F(200003)}},
+    {"sum of transposed [40,30]", RV_SUM_PERM, 1, {SPEC_F(40, 30)}},
+    {"mean last [9,13]", RV_MEAN, 1, {SPEC_F(9, 13)}},
+    {"contiguous of permuted [2,3,4,5]", RV_CONTIG_PERM, 1, {SPEC_F(2, 3, 4, 5)}},
+    {"concat axis 1", RV_CONCAT, 2, {SPEC_F(3, 4, 5), SPEC_F(3, 2, 5)}},
+};
+
+START_TEST(views_reductions_vs_cpu) {
+    const struct rv_case *c = &rv_cases[_i];
+    for (int d = 0; d < 2; d++)
+        ck_assert_msg(compare_op(c->name, f_rv, (void *)c, c->n, c->in, DTYPES[d], 0), "%s", c->name);
+}
+END_TEST
+
+/* ---- norms, softmax ------------------------------------------------------------------------------ */
+
+enum nm_op { NM_SOFTMAX, NM_RMS, NM_RMS_NOW, NM_LN, NM_LN_NOWB };
+
+struct nm_case {
+    const char *name;
+    enum nm_op op;
+    int n;
+    struct spec in[3];
+};
+
+static kvf_tensor *f_nm(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct nm_case *c = ud;
+    switch (c->op) {
+    case NM_SOFTMAX: return kvf_softmax(ctx, in[0]);
+    case NM_RMS: return kvf_rmsnorm(ctx, in[0], in[1], 1e-5);
+    case NM_RMS_NOW: return kvf_rmsnorm(ctx, in[0], NULL, 1e-6);
+    case NM_LN: return kvf_layernorm(ctx, in[0], in[1], in[2], 1e-5);
+    case NM_LN_NOWB: return kvf_layernorm(ctx, in[0], NULL, NULL, 1e-5);
+    }
+    return NULL;
+}
+
+static const struct nm_case nm_cases[] = {
+    {"softmax [7,33]", NM_SOFTMAX, 1, {SPEC_F(7, 33)}},
+    {"softmax [3,2000]", NM_SOFTMAX, 1, {SPEC_F(3, 2000)}},
+    {"rmsnorm [9,70]", NM_RMS, 2, {SPEC_F(9, 70), SPEC_F(70)}},
+    {"rmsnorm [4,3,1500]", NM_RMS, 2, {SPEC_F(4, 3, 1500), SPEC_F(1500)}},
+    {"rmsnorm [700,64] (dw chunks)", NM_RMS, 2, {SPEC_F(700, 64), SPEC_F(64)}},
+    {"rmsnorm no w [5,31]", NM_RMS_NOW, 1, {SPEC_F(5, 31)}},
+    {"layernorm [9,70]", NM_LN, 3, {SPEC_F(9, 70), SPEC_F(70), SPEC_F(70)}},
+    {"layernorm [300,257]", NM_LN, 3, {SPEC_F(300, 257), SPEC_F(257), SPEC_F(257)}},
+    {"layernorm no w, b [6,100]", NM_LN_NOWB, 1, {SPEC_F(6, 100)}},
+};
+
+START_TEST(norms_vs_cpu) {
+    const struct nm_case *c = &nm_cases[_i];
+    for (int d = 0; d < 2; d++)
+        ck_assert_msg(compare_op(c->name, f_nm, (void *)c, c->n, c->in, DTYPES[d], 0), "%s", c->name);
+}
+END_TEST
+
+/* ---- RoPE --------------------------------------------------------------------------------------- */
+
+struct rope_case {
+    const char *name;
+    int64_t B, T, H, D, F;
+    kvf_rope_layout layout;
+    bool per_head, with_pos;
+};
+
+static kvf_tensor *f_rope(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct rope_case *c = ud;
+    kvf_tensor *freq = c->per_head ? in[1] : kvf_rope_inv_freq(ctx, 2 * c->F, 10000.0);
+    kvf_tensor *pos = c->with_pos ? in[c->per_head ? 2 : 1] : NULL;
+    return kvf_rope(ctx, in[0], pos, freq, c->layout);
+}
+
+static const struct rope_case rope_cases[] = {
+    {"half full [2,5,3,8]", 2, 5, 3, 8, 4, KVF_ROPE_HALF, false, false},
+    {"interleaved full [2,5,3,8]", 2, 5, 3, 8, 4, KVF_ROPE_INTERLEAVED, false, false},
+    {"half partial F=2 of D=10", 1, 7, 2, 10, 2, KVF_ROPE_HALF, false, false},
+    {"interleaved partial F=3 of D=9", 2, 4, 3, 9, 3, KVF_ROPE_INTERLEAVED, false, false},
+    {"per-head [H,F] table", 2, 6, 4, 12, 3, KVF_ROPE_HALF, true, false},
+    {"positions given (large)", 1, 9, 2, 16, 8, KVF_ROPE_HALF, false, true},
+    {"per-head + positions interleaved", 2, 5, 3, 8, 2, KVF_ROPE_INTERLEAVED, true, true},
+    {"head 128 x 64 positions", 2, 64, 4, 128, 64, KVF_ROPE_HALF, false, false},
+};
+
+START_TEST(rope_vs_cpu) {
+    const struct rope_case *c = &rope_cases[_i];
+    struct spec sp[3] = {SPEC_F(c->B, c->T, c->H, c->D)};
+    int n = 1;
+    if (c->per_head) {
+        sp[n] = (struct spec)SPEC_P(c->H, c->F);
+        sp[n++].no_grad = true;
+    }
+    if (c->with_pos) sp[n++] = (struct spec){.kind = IN_IDS, .ndim = 1, .shape = {c->T}, .vocab = 40000};
+    for (int d = 0; d < 2; d++)
+        ck_assert_msg(compare_op(c->name, f_rope, (void *)c, n, sp, DTYPES[d], 0), "%s", c->name);
+}
+END_TEST
+
+/* ---- attention ----------------------------------------------------------------------------------- */
+
+enum attn_form { FORM_PLAIN, FORM_FUSED, FORM_KV, FORM_SELF, FORM_PERMUTE, FORM_TAIL };
+
+struct attn_case {
+    const char *name;
+    int64_t B, T, S, Hq, Hkv, Dk, Dv;
+    bool causal;
+    int64_t window;
+    enum attn_form form;
+};
+
+static kvf_tensor *f_attn(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct attn_case *c = ud;
+    kvf_attn_cfg cfg = {.scale = (float)(1.0 / sqrt((double)c->Dk)), .causal = c->causal,
+                        .window = c->window};
+    switch (c->form) {
+    case FORM_FUSED: {
+        kvf_tensor *q = kvf_slice(ctx, in[0], 2, 0, c->Hq);
+        kvf_tensor *k = kvf_slice(ctx, in[0], 2, c->Hq, c->Hkv);
+        kvf_tensor *v = kvf_slice(ctx, in[0], 2, c->Hq + c->Hkv, c->Hkv);
+        return kvf_attention(ctx, q, k, v, &cfg);
+    }
+    case FORM_KV: return kvf_attention(ctx, in[0], in[1], in[1], &cfg);
+    case FORM_SELF: return kvf_attention(ctx, in[0], in[0], in[0], &cfg);
+    case FORM_PERMUTE: {
+        int perm[4] = {0, 1, 3, 2};
+        return kvf_attention(ctx, kvf_permute(ctx, in[0], perm), kvf_permute(ctx, in[1], perm),
+                             kvf_permute(ctx, in[2], perm), &cfg);
+    }
+    case FORM_TAIL:
+        return kvf_attention(ctx, kvf_slice(ctx, in[0], 1, c->S - c->T, c->T), in[1], in[2], &cfg);
+    default: return kvf_attention(ctx, in[0], in[1], in[2], &cfg);
+    }
+}
+
+static const struct attn_case attn_cases[] = {
+    {"MHA causal D16", 2, 17, 17, 3, 3, 16, 16, true, 0, FORM_PLAIN},
+    {"GQA 4/2 causal D8", 2, 19, 19, 4, 2, 8, 8, true, 0, FORM_PLAIN},
+    {"MQA 4/1 causal D24", 1, 33, 33, 4, 1, 24, 24, true, 0, FORM_PLAIN},
+    {"MLA Dk96 Dv64", 1, 70, 70, 2, 2, 96, 64, true, 0, FORM_PLAIN},
+    {"MLA Dk192 Dv128 GQA", 1, 40, 40, 4, 2, 192, 128, true, 0, FORM_PLAIN},
+    {"D64 several tiles", 1, 130, 130, 2, 1, 64, 64, true, 0, FORM_PLAIN},
+    {"D128 odd T", 2, 67, 67, 2, 2, 128, 128, true, 0, FORM_PLAIN},
+    {"D256", 1, 37, 37, 2, 1, 256, 256, true, 0, FORM_PLAIN},
+    {"window 5", 2, 29, 29, 2, 1, 16, 16, true, 5, FORM_PLAIN},
+    {"window 70 several tiles", 1, 200, 200, 2, 2, 32, 32, true, 70, FORM_PLAIN},
+    {"non-causal T9 S23", 2, 9, 23, 2, 2, 16, 8, false, 0, FORM_PLAIN},
+    {"non-causal long S", 1, 5, 300, 2, 1, 32, 48, false, 0, FORM_PLAIN},
+    {"causal T<S (queries at the end)", 1, 5, 77, 2, 2, 16, 16, true, 0, FORM_PLAIN},
+    {"causal T<S window", 2, 9, 100, 4, 2, 8, 8, true, 12, FORM_PLAIN},
+    {"odd dims Dk5 Dv3", 2, 11, 11, 3, 1, 5, 3, true, 0, FORM_PLAIN},
+    {"fused qkv slices (strided)", 2, 13, 13, 4, 2, 16, 16, true, 0, FORM_FUSED},
+    {"k = v (one tensor)", 1, 21, 21, 2, 2, 16, 16, true, 0, FORM_KV},
+    {"q = k = v (one tensor)", 2, 15, 15, 2, 2, 24, 24, true, 0, FORM_SELF},
+    {"permuted q/k/v (copied)", 1, 12, 12, 2, 2, 8, 8, true, 0, FORM_PERMUTE},
+    {"q a row slice (strided rows)", 1, 7, 30, 2, 1, 16, 16, true, 0, FORM_TAIL},
+    /* head dims of the bf16 tensor-core path (f32 runs take the SIMT kernels) */
+    {"mma D64 non-causal T70 S150", 2, 70, 150, 2, 1, 64, 64, false, 0, FORM_PLAIN},
+    {"mma D32 causal T<S", 1, 40, 100, 4, 2, 32, 32, true, 0, FORM_PLAIN},
+    {"mma D64 window 40", 1, 150, 150, 2, 2, 64, 64, true, 40, FORM_PLAIN},
+    {"mma D64 window 40 T<S", 1, 50, 170, 2, 1, 64, 64, true, 40, FORM_PLAIN},
+    {"mma D128 GQA 8/2", 1, 129, 129, 8, 2, 128, 128, true, 0, FORM_PLAIN},
+    {"mma D96/64 MQA", 2, 33, 33, 4, 1, 96, 64, true, 0, FORM_PLAIN},
+    {"mma D64 fused qkv slices", 2, 77, 77, 4, 2, 64, 64, true, 0, FORM_FUSED},
+    {"mma D64 q = k = v", 1, 65, 65, 2, 2, 64, 64, true, 0, FORM_SELF},
+    {"mma D32 k = v", 1, 31, 31, 2, 1, 32, 32, true, 0, FORM_KV},
+    {"mma D64 q a row slice", 1, 20, 90, 2, 2, 64, 64, true, 0, FORM_TAIL},
+};
+
+START_TEST(attention_vs_cpu) {
+    const struct attn_case *c = &attn_cases[_i];
+    struct spec sp[3];
+    int n = 3;
+    switch (c->form) {
+    case FORM_FUSED:
+        sp[0] = (struct spec)SPEC_F(c->B, c->T, c->Hq + 2 * c->Hkv, c->Dk);
+        n = 1;
+        break;
+    case FORM_KV:
+        sp[0] = (struct spec)SPEC_F(c->B, c->T, c->Hq, c->Dk);
+        sp[1] = (struct spec)SPEC_F(c->B, c->S, c->Hkv, c->Dk);
+        n = 2;
+        break;
+    case FORM_SELF:
+        sp[0] = (struct spec)SPEC_F(c->B, c->T, c->Hq, c->Dk);
+        n = 1;
+        break;
+    case FORM_PERMUTE:
+        sp[0] = (struct spec)SPEC_F(c->B, c->T, c->Dk, c->Hq);
+        sp[1] = (struct spec)SPEC_F(c->B, c->S, c->Dk, c->Hkv);
+        sp[2] = (struct spec)SPEC_F(c->B, c->S, c->Dv, c->Hkv);
+        break;
+    case FORM_TAIL:
+        sp[0] = (struct spec)SPEC_F(c->B, c->S, c->Hq, c->Dk);
+        sp[1] = (struct spec)SPEC_F(c->B, c->S, c->Hkv, c->Dk);
+        sp[2] = (struct spec)SPEC_F(c->B, c->S, c->Hkv, c->Dv);
+        break;
+    default:
+        sp[0] = (struct spec)SPEC_F(c->B, c->T, c->Hq, c->Dk);
+        sp[1] = (struct spec)SPEC_F(c->B, c->S, c->Hkv, c->Dk);
+        sp[2] = (struct spec)SPEC_F(c->B, c->S, c->Hkv, c->Dv);
+    }
+    for (int d = 0; d < 2; d++)
+        ck_assert_msg(compare_op(c->name, f_attn, (void *)c, n, sp, DTYPES[d], 0), "%s", c->name);
+}
+END_TEST
+
+/* ---- cross-entropy, embedding ---------------------------------------------------------------------- */
+
+struct ce_case {
+    const char *name;
+    int64_t N, V;
+    int ignore_every;
+};
+
+static kvf_tensor *f_ce(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    (void)ud;
+    return kvf_cross_entropy(ctx, in[0], in[1], -100);
+}
+
+static const struct ce_case ce_cases[] = {
+    {"[37,50] with ignored rows", 37, 50, 5},
+    {"[300,5000]", 300, 5000, 0},
+    {"[4,70000] (long rows)", 4, 70000, 3},
+    {"[2,3]", 2, 3, 0},
+};
+
+START_TEST(cross_entropy_vs_cpu) {
+    const struct ce_case *c = &ce_cases[_i];
+    struct spec sp[2] = {SPEC_F(c->N, c->V),
+                         {.kind = IN_IDS, .ndim = 1, .shape = {c->N}, .vocab = c->V,
+                          .ignore_every = c->ignore_every}};
+    sp[0].std = 3.0;
+    for (int d = 0; d < 2; d++)
+        ck_assert_msg(compare_op(c->name, f_ce, (void *)c, 2, sp, DTYPES[d], 0), "%s", c->name);
+}
+END_TEST
+
+START_TEST(cross_entropy_all_ignored) {
+    /* every target ignored: loss 0, gradient 0 (on both backends) */
+    struct spec sp[2] = {SPEC_F(6, 10),
+                         {.kind = IN_IDS, .ndim = 1, .shape = {6}, .vocab = 10, .ignore_every = 1}};
+    struct host_in h[2];
+    make_inputs(2, sp, h, KVF_DTYPE_F32);
+    for (int j = 0; j < 6; j++) h[1].ids[j] = -100;
+    struct run_result g;
+    ck_assert(run_once("ce all ignored", g_gpu, f_ce, NULL, 2, sp, h, KVF_DTYPE_F32, KVF_DTYPE_F32, &g));
+    ck_assert(g.y[0] == 0.0f);
+    for (int j = 0; j < 60; j++) ck_assert(g.grad[0][j] == 0.0f);
+    result_free(&g);
+    free_inputs(2, h);
+}
+END_TEST
+
+struct emb_case {
+    const char *name;
+    int64_t V, C, B, T;
+    bool same;
+};
+
+static kvf_tensor *f_emb(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    (void)ud;
+    return kvf_embedding(ctx, in[0], in[1]);
+}
+
+static const struct emb_case emb_cases[] = {
+    {"[50,24] ids [4,33]", 50, 24, 4, 33, false},
+    {"[7,300] ids [3,100] (many repeats)", 7, 300, 3, 100, false},
+    {"one id repeated 2000 times", 1000, 40, 2, 1000, true},
+    {"[5000,64] ids [8,128]", 5000, 64, 8, 128, false},
+};
+
+START_TEST(embedding_vs_cpu) {
+    const struct emb_case *c = &emb_cases[_i];
+    struct spec sp[2] = {SPEC_F(c->V, c->C),
+                         {.kind = IN_IDS, .ndim = 2, .shape = {c->B, c->T}, .vocab = c->V,
+                          .same_id = c->same}};
+    for (int d = 0; d < 2; d++)
+        ck_assert_msg(compare_op(c->name, f_emb, (void *)c, 2, sp, DTYPES[d], 0), "%s", c->name);
+}
+END_TEST
+
+/* ---- the GEMM contract through the backend table ----------------------------------------------- */
+
+/* C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b], including batches that share C (each batch
+ * applies beta to the running C, in order) and shared A / B (stride 0). */
+static void gemm_case(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t batch,
+                      bool share_a, bool share_b, bool share_c, double alpha, double beta) {
+    const kvf_backend *cpu = kvf_backend_get(KVF_DEVICE_CPU), *gpu = kvf_ctx_backend(g_gpu);
+    int64_t lda = ta ? m : k, ldb = tb ? k : n, ldc = n;
+    int64_t sa = share_a ? 0 : m * k, sb = share_b ? 0 : k * n, sc = share_c ? 0 : m * n;
+    int64_t na = (share_a ? 1 : batch) * m * k, nb = (share_b ? 1 : batch) * k * n,
+            nc = (share_c ? 1 : batch) * m * n;
+    float *A = malloc(sizeof(float) * (size_t)na), *B = malloc(sizeof(float) * (size_t)nb);
+    float *C = malloc(sizeof(float) * (size_t)nc), *Cg = malloc(sizeof(float) * (size_t)nc);
+    for (int64_t i = 0; i < na; i++) A[i] = (float)kvf_rng_normal(&g_rng);
+    for (int64_t i = 0; i < nb; i++) B[i] = (float)kvf_rng_normal(&g_rng);
+    for (int64_t i = 0; i < nc; i++) C[i] = (float)kvf_rng_normal(&g_rng);
+    poison(g_gpu);
+    void *dA = kvf_ctx_alloc(g_gpu, sizeof(float) * (size_t)na);
+    void *dB = kvf_ctx_alloc(g_gpu, sizeof(float) * (size_t)nb);
+    void *dC = kvf_ctx_alloc(g_gpu, sizeof(float) * (size_t)nc);
+    ck_assert(dA && dB && dC);
+    ck_assert_int_eq(gpu->upload(dA, A, sizeof(float) * (size_t)na), KVF_OK);
+    ck_assert_int_eq(gpu->upload(dB, B, sizeof(float) * (size_t)nb), KVF_OK);
+    ck_assert_int_eq(gpu->upload(dC, C, sizeof(float) * (size_t)nc), KVF_OK);
+    kvf_gemm_args g = {.trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k, .batch = batch,
+                       .a = A, .b = B, .c = C, .lda = lda, .ldb = ldb, .ldc = ldc,
+                       .stride_a = sa, .stride_b = sb, .stride_c = sc, .alpha = alpha,
+                       .beta = beta, .dtype = KVF_DTYPE_F32};
+    ck_assert_int_eq(cpu->gemm(&g), KVF_OK);
+    g.a = dA;
+    g.b = dB;
+    g.c = dC;
+    ck_assert_msg(gpu->gemm(&g) == KVF_OK, "%s", kvf_error_message());
+    ck_assert_int_eq(gpu->download(Cg, dC, sizeof(float) * (size_t)nc), KVF_OK);
+    char name[128];
+    snprintf(name, sizeof name, "gemm %s%s %lldx%lldx%lld b%lld share %d%d%d a%g b%g", ta ? "T" : "N",
+             tb ? "T" : "N", (long long)m, (long long)n, (long long)k, (long long)batch, share_a,
+             share_b, share_c, alpha, beta);
+    ck_assert_msg(check_close(name, "C", Cg, C, nc, TOL_F32), "%s", name);
+    free(A);
+    free(B);
+    free(C);
+    free(Cg);
+}
+
+START_TEST(gemm_contract) {
+    gemm_case(false, false, 5, 7, 3, 1, false, false, false, 1.0, 0.0);
+    gemm_case(false, false, 5, 7, 3, 4, false, false, false, 0.5, 1.0);
+    gemm_case(true, false, 6, 9, 11, 3, false, true, false, 1.0, 0.5);
+    gemm_case(false, true, 6, 9, 11, 3, true, false, false, -2.0, 0.0);
+    gemm_case(true, true, 13, 4, 8, 5, false, false, true, 1.0, 1.0);  /* shared C, accumulate */
+    gemm_case(false, false, 13, 4, 8, 3, false, false, true, 1.0, 0.5); /* shared C, beta per batch */
+    gemm_case(false, false, 3, 4, 0, 2, false, false, false, 1.0, 0.25); /* k = 0: C = beta·C */
+    gemm_case(false, true, 65, 130, 257, 2, false, true, false, 1.0, 1.0);
+}
+END_TEST
+
+/* ---- copies between dtypes ------------------------------------------------------------------- */
+
+START_TEST(copy_dtypes) {
+    poison(g_gpu);
+    const int64_t n = 37;
+    int32_t ids[37];
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)(i * 7919 - 100000);
+    kvf_tensor *a = kvf_tensor_from_host(g_gpu, KVF_DTYPE_I32, 1, &n, ids);
+    kvf_dtype chain[] = {KVF_DTYPE_I64, KVF_DTYPE_F64, KVF_DTYPE_F32, KVF_DTYPE_I32};
+    kvf_tensor *t = a;
+    for (int i = 0; i < 4; i++) {
+        t = kvf_cast(g_gpu, t, chain[i]);
+        ck_assert_msg(t != NULL, "%s", kvf_error_message());
+    }
+    int32_t back[37];
+    ck_assert_int_eq(kvf_tensor_to_host(t, back, sizeof back), KVF_OK);
+    for (int i = 0; i < n; i++) ck_assert_int_eq(back[i], ids[i]);
+    /* f32 → f16 → f32 and → bf16 round to nearest even like the CPU */
+    float v[37], vf16[37], vbf[37];
+    for (int i = 0; i < n; i++) v[i] = (float)kvf_rng_normal(&g_rng) * 100.0f;
+    kvf_tensor *x = kvf_tensor_from_host(g_gpu, KVF_DTYPE_F32, 1, &n, v);
+    kvf_tensor *h16 = kvf_cast(g_gpu, kvf_cast(g_gpu, x, KVF_DTYPE_F16), KVF_DTYPE_F32);
+    kvf_tensor *hbf = kvf_cast(g_gpu, kvf_cast(g_gpu, x, KVF_DTYPE_BF16), KVF_DTYPE_F32);
+    ck_assert(h16 && hbf);
+    ck_assert_int_eq(kvf_tensor_to_host(h16, vf16, sizeof vf16), KVF_OK);
+    ck_assert_int_eq(kvf_tensor_to_host(hbf, vbf, sizeof vbf), KVF_OK);
+    for (int i = 0; i < n; i++) {
+        ck_assert_float_eq(vf16[i], kvf_f16_to_f32(kvf_f32_to_f16(v[i])));
+        ck_assert_float_eq(vbf[i], kvf_bf16_to_f32(kvf_f32_to_bf16(v[i])));
+    }
+    /* a strided (transposed) f32 → bf16 copy */
+    float m[12];
+    for (int i = 0; i < 12; i++) m[i] = (float)i + 0.25f;
+    kvf_tensor *mt = kvf_tensor_from_host(g_gpu, KVF_DTYPE_F32, 2, (int64_t[]){3, 4}, m);
+    kvf_tensor *tr = kvf_cast(g_gpu, kvf_transpose(g_gpu, mt, 0, 1), KVF_DTYPE_BF16);
+    uint16_t tb[12];
+    ck_assert(tr != NULL);
+    ck_assert_int_eq(kvf_tensor_to_host(tr, tb, sizeof tb), KVF_OK);
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 3; c++) ck_assert_float_eq(kvf_bf16_to_f32(tb[r * 3 + c]), m[c * 4 + r]);
+}
+END_TEST
+
+/* ---- determinism ------------------------------------------------------------------------------ */
+
+/* The GPU backward twice on the same inputs: outputs and gradients bitwise equal. */
+static void same_twice(const char *name, op_fn f, void *ud, int n, const struct spec *sp,
+                       kvf_dtype dt) {
+    struct host_in h[MAX_IN];
+    make_inputs(n, sp, h, dt);
+    struct run_result a, b;
+    ck_assert(run_once(name, g_gpu, f, ud, n, sp, h, dt, dt, &a));
+    ck_assert(run_once(name, g_gpu, f, ud, n, sp, h, dt, dt, &b));
+    ck_assert(a.ny == b.ny);
+    ck_assert_msg(memcmp(a.y, b.y, sizeof(float) * (size_t)a.ny) == 0, "%s: output differs", name);
+    for (int i = 0; i < n; i++)
+        if (a.grad[i])
+            ck_assert_msg(memcmp(a.grad[i], b.grad[i], sizeof(float) * (size_t)h[i].n) == 0,
+                          "%s: grad %d differs between runs", name, i);
+    result_free(&a);
+    result_free(&b);
+    free_inputs(n, h);
+}
+
+START_TEST(deterministic) {
+    for (int d = 0; d < 2; d++) {
+        const struct attn_case *ac = &attn_cases[1]; /* GQA */
+        struct spec asp[3] = {SPEC_F(ac->B, ac->T, ac->Hq, ac->Dk), SPEC_F(ac->B, ac->S, ac->Hkv, ac->Dk),
+                              SPEC_F(ac->B, ac->S, ac->Hkv, ac->Dv)};
+        same_twice("attention", f_attn, (void *)ac, 3, asp, DTYPES[d]);
+        const struct emb_case *ec = &emb_cases[1];
+        struct spec esp[2] = {SPEC_F(ec->V, ec->C),
+                              {.kind = IN_IDS, .ndim = 2, .shape = {ec->B, ec->T}, .vocab = ec->V}};
+        same_twice("embedding", f_emb, (void *)ec, 2, esp, DTYPES[d]);
+        const struct attn_case *mc = &attn_cases[5]; /* D64: the tensor-core path in bf16 */
+        struct spec msp[3] = {SPEC_F(mc->B, mc->T, mc->Hq, mc->Dk), SPEC_F(mc->B, mc->S, mc->Hkv, mc->Dk),
+                              SPEC_F(mc->B, mc->S, mc->Hkv, mc->Dv)};
+        same_twice("attention D64", f_attn, (void *)mc, 3, msp, DTYPES[d]);
+        const struct nm_case *nc = &nm_cases[7]; /* layernorm [300, 257] */
+        same_twice("layernorm", f_nm, (void *)nc, nc->n, nc->in, DTYPES[d]);
+        const struct rv_case *rc = &rv_cases[1]; /* chunked column sum */
+        same_twice("sum", f_rv, (void *)rc, rc->n, rc->in, DTYPES[d]);
+    }
+}
+END_TEST
+
+/* ---- errors ------------------------------------------------------------------------------------ */
+
+START_TEST(errors) {
+    poison(g_gpu);
+    kvf_error_clear();
+    /* f64 is CPU-only */
+    double h[6] = {1, 2, 3, 4, 5, 6};
+    kvf_tensor *a = kvf_tensor_from_host(g_gpu, KVF_DTYPE_F64, 2, (int64_t[]){2, 3}, h);
+    ck_assert(a != NULL);
+    kvf_tensor *y = kvf_matmul(g_gpu, a, kvf_transpose(g_gpu, a, 0, 1), false, false);
+    ck_assert(y == NULL);
+    ck_assert_int_eq(kvf_error_code(), KVF_ERR_DTYPE);
+    ck_assert_msg(strstr(kvf_error_message(), "f64 is CPU-only"), "%s", kvf_error_message());
+    kvf_error_clear();
+    ck_assert(kvf_softmax(g_gpu, a) == NULL);
+    ck_assert_msg(strstr(kvf_error_message(), "f64 is CPU-only"), "%s", kvf_error_message());
+    kvf_error_clear();
+    /* out of device memory: a clear message, no abort */
+    const kvf_backend *be = kvf_ctx_backend(g_gpu);
+    void *p = be->alloc((size_t)1 << 50);
+    ck_assert(p == NULL);
+    ck_assert_int_eq(kvf_error_code(), KVF_ERR_OOM);
+    ck_assert_msg(strstr(kvf_error_message(), "lower batch_size"), "%s", kvf_error_message());
+    kvf_error_clear();
+    /* the device still works afterwards */
+    float v[3] = {1, 2, 3}, out[3];
+    kvf_tensor *x = kvf_tensor_from_host(g_gpu, KVF_DTYPE_F32, 1, (int64_t[]){3}, v);
+    kvf_tensor *s = kvf_scale(g_gpu, x, 2.0);
+    ck_assert(s != NULL);
+    ck_assert_int_eq(kvf_tensor_to_host(s, out, sizeof out), KVF_OK);
+    ck_assert(out[0] == 2.0f && out[1] == 4.0f && out[2] == 6.0f);
+    /* head dims past the kernel's limit: KVF_ERR_UNSUPPORTED, not a crash */
+    kvf_tensor *q = kvf_tensor_zeros(g_gpu, KVF_DTYPE_F32, 4, (int64_t[]){1, 2, 1, 300});
+    kvf_attn_cfg cfg = {.scale = 0.1f, .causal = true, .window = 0};
+    ck_assert(kvf_attention(g_gpu, q, q, q, &cfg) == NULL);
+    ck_assert_int_eq(kvf_error_code(), KVF_ERR_UNSUPPORTED);
+    kvf_error_clear();
+}
+END_TEST
+
+/* ---- whole models ----------------------------------------------------------------------------- */
+
+static const char *model_variants[] = {"mha", "gqa2", "mqa", "swa3_mha", "cla2_mha", "mla_r8",
+                                       "mla_partial_r10_d2", "gpt2"};
+
+static void tiny_cfg(kvf_model_config *c, const char *variant) {
+    kvf_model_config_defaults(c);
+    c->vocab_size = 61;
+    c->d_model = 48;
+    c->n_layers = 3;
+    c->n_heads = 4;
+    c->d_ff = 80;
+    c->max_seq_len = 24;
+    c->rope_theta = 100.0;
+    bool gpt2 = strcmp(variant, "gpt2") == 0;
+    ck_assert_msg(kvf_model_config_apply_variant(c, gpt2 ? "mha" : variant) == KVF_OK, "%s: %s",
+                  variant, kvf_error_message());
+    if (gpt2) {
+        c->norm = KVF_NORM_LAYER;
+        c->norm_bias = true;
+        c->mlp = KVF_MLP_GELU;
+        c->mlp_bias = c->o_bias = c->qkv_bias = true;
+        c->tie_embeddings = true;
+        c->pos = KVF_POS_LEARNED;
+    }
+}
+
+START_TEST(model_vs_cpu) {
+    const char *variant = model_variants[_i];
+    kvf_model_config c;
+    tiny_cfg(&c, variant);
+    kvf_model *mc = kvf_model_init(&c, KVF_DEVICE_CPU);
+    ck_assert_msg(mc != NULL, "%s: %s", variant, kvf_error_message());
+    ck_assert_int_eq(kvf_model_init_weights(mc, 7), KVF_OK);
+    kvf_rng r;
+    kvf_rng_init(&r, 99);
+    for (int i = 0; i < kvf_params_count(mc->params); i++) { /* more signal than the 0.02 init */
+        kvf_tensor *t = kvf_params_at(mc->params, i);
+        for (int64_t j = 0; j < kvf_tensor_numel(t); j++)
+            kvf_tensor_set_flat(t, j, kvf_tensor_get_flat(t, j) + 0.1 * kvf_rng_normal(&r));
+    }
+    kvf_model *mg = kvf_model_init(&c, KVF_DEVICE_CUDA);
+    ck_assert_msg(mg != NULL, "%s: %s", variant, kvf_error_message());
+    const int64_t np = kvf_params_numel(mc->params);
+    ck_assert_int_eq(np, kvf_params_numel(mg->params));
+    const kvf_backend *be = kvf_ctx_backend(g_gpu);
+    ck_assert_int_eq(be->upload(kvf_tensor_data(kvf_params_values(mg->params)),
+                                kvf_tensor_data(kvf_params_values(mc->params)),
+                                sizeof(float) * (size_t)np), KVF_OK);
+    const int64_t B = 2, T = 19;
+    int32_t ids[38], tg[38];
+    for (int i = 0; i < B * T; i++) {
+        ids[i] = (int32_t)kvf_rng_below(&r, (uint64_t)c.vocab_size);
+        tg[i] = (int32_t)kvf_rng_below(&r, (uint64_t)c.vocab_size);
+    }
+    tg[3] = tg[20] = -100;
+    float loss[2];
+    float *grads[2];
+    for (int dev = 0; dev < 2; dev++) {
+        kvf_ctx *ctx = dev ? g_gpu : g_cpu;
+        kvf_model *m = dev ? mg : mc;
+        if (dev) poison(ctx);
+        else kvf_ctx_reset(ctx);
+        kvf_ctx_set_grad(ctx, true);
+        ck_assert_int_eq(kvf_params_zero_grad(m->params), KVF_OK);
+        kvf_tensor *ti = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){B, T}, ids);
+        kvf_tensor *tt = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){B, T}, tg);
+        kvf_tensor *l = kvf_model_loss(m, ctx, ti, tt);
+        ck_assert_msg(l != NULL, "%s on %s: %s", variant, dev ? "cuda" : "cpu", kvf_error_message());
+        ck_assert_msg(kvf_backward(ctx, l) == KVF_OK, "%s on %s: %s", variant, dev ? "cuda" : "cpu",
+                      kvf_error_message());
+        ck_assert_int_eq(kvf_tensor_to_host(l, &loss[dev], sizeof(float)), KVF_OK);
+        grads[dev] = to_host_f32(kvf_params_grads(m->params));
+    }
+    ck_assert_msg(isfinite(loss[1]) && fabs(loss[1] - loss[0]) <= 1e-5 * fabs(loss[0]),
+                  "%s: loss gpu %.9g vs cpu %.9g", variant, loss[1], loss[0]);
+    /* per parameter tensor, so a failure names the weight; relative to the tensor's own
+     * norm, floored at 1e-3 of the whole gradient's (k_proj.bias, say, has an exact
+     * gradient of 0: both backends give only rounding noise there) */
+    const double floor = 1e-3 * norm2(grads[0], np);
+    for (int i = 0; i < kvf_params_count(mc->params); i++) {
+        kvf_tensor *t = kvf_params_at(mc->params, i);
+        int64_t off = t->offset, n = kvf_tensor_numel(t);
+        char what[160];
+        snprintf(what, sizeof what, "grad %s", t->name);
+        ck_assert_msg(check_close_floor(variant, what, grads[1] + off, grads[0] + off, n, 1e-5, floor),
+                      "%s: %s", variant, what);
+    }
+    free(grads[0]);
+    free(grads[1]);
+    kvf_model_free(mg);
+    kvf_model_free(mc);
+}
+END_TEST
+
+/* ---- main ------------------------------------------------------------------------------------- */
+
+#define NCASES(a) (int)(sizeof(a) / sizeof((a)[0]))
+
+int main(void) {
+    g_gpu = kvf_ctx_init(KVF_DEVICE_CUDA);
+    if (!g_gpu) {
+        printf("no CUDA device: skipping (%s)\n", kvf_error_message());
+        return 77;
+    }
+    g_cpu = kvf_ctx_init(KVF_DEVICE_CPU);
+    if (!g_cpu) return EXIT_FAILURE;
+    kvf_rng_init(&g_rng, 2024);
+    Suite *s = suite_create("gpu");
+    TCase *tc = tcase_create("cuda_vs_cpu");
+    tcase_set_timeout(tc, 300);
+    /* KVF_GPU_TESTS=attention,model (say) runs only the groups whose names contain one of
+     * the words, e.g. under compute-sanitizer */
+    const char *only = getenv("KVF_GPU_TESTS");
+#define WANT(group) (!only || !*only || strstr(only, group))
+    if (WANT("matmul")) tcase_add_loop_test(tc, matmul_vs_cpu, 0, NCASES(mm_cases));
+    if (WANT("gemm")) tcase_add_test(tc, gemm_contract);
+    if (WANT("elementwise")) tcase_add_loop_test(tc, elementwise_vs_cpu, 0, NCASES(ew_cases));
+    if (WANT("reduce")) tcase_add_loop_test(tc, views_reductions_vs_cpu, 0, NCASES(rv_cases));
+    if (WANT("norm")) tcase_add_loop_test(tc, norms_vs_cpu, 0, NCASES(nm_cases));
+    if (WANT("rope")) tcase_add_loop_test(tc, rope_vs_cpu, 0, NCASES(rope_cases));
+    if (WANT("attention")) tcase_add_loop_test(tc, attention_vs_cpu, 0, NCASES(attn_cases));
+    if (WANT("loss")) {
+        tcase_add_loop_test(tc, cross_entropy_vs_cpu, 0, NCASES(ce_cases));
+        tcase_add_test(tc, cross_entropy_all_ignored);
+        tcase_add_loop_test(tc, embedding_vs_cpu, 0, NCASES(emb_cases));
+    }
+    if (WANT("copy")) tcase_add_test(tc, copy_dtypes);
+    if (WANT("determinism")) tcase_add_test(tc, deterministic);
+    if (WANT("errors")) tcase_add_test(tc, errors);
+    if (WANT("model")) tcase_add_loop_test(tc, model_vs_cpu, 0, NCASES(model_variants));
+#undef WANT
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    /* CUDA does not survive fork(): run every test in this process */
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    kvf_ctx_free(g_cpu);
+    kvf_ctx_free(g_gpu);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
