@@ -1,5 +1,5 @@
 /* kvf_resave SRC DST [f32|bf16] — load a checkpoint with kvforge, write it back with
- * kvforge's writer, and store kvforge's logits for SRC/reference_logits.safetensors'
+ * kvforge's writer, reload what it wrote, and store kvforge's logits for SRC/reference_logits.safetensors'
  * input_ids (or ids 0..23 when absent) in DST/kvforge_logits.safetensors. Used on the GPU
  * machine by tools/hf_roundtrip.py to check that Hugging Face transformers loads what
  * kvforge writes and computes the same logits. */
@@ -25,6 +25,10 @@ int main(int argc, char **argv) {
     kvf_model *m = kvf_checkpoint_load(argv[1], KVF_DEVICE_CPU);
     if (!m) return fail(argv[1]);
     if (kvf_checkpoint_save(m, argv[2], dt, 0) != KVF_OK) return fail(argv[2]);
+    /* logits of what was written (a bf16 save rounds the weights) */
+    kvf_model_free(m);
+    m = kvf_checkpoint_load(argv[2], KVF_DEVICE_CPU);
+    if (!m) return fail(argv[2]);
     /* input ids */
     int64_t B = 1, T = 24;
     int32_t *ids = NULL;
