@@ -21,6 +21,9 @@
 #define CHUNK 65536
 #define MAX_DIR_DEPTH 64
 #define MAX_ARCHIVE_DEPTH 8
+/* Sizes read from headers (an archive entry's size, a shard's token count) are hints: a few
+ * corrupt bytes can claim gigabytes. At most this much is reserved before data arrives. */
+#define PREALLOC_MAX ((int64_t)64 << 20)
 
 /* ---- sources ------------------------------------------------------------------------------- */
 
@@ -84,7 +87,8 @@ static long read_full(src *s, void *buf, size_t n) {
 }
 
 static kvf_status read_all(src *s, kvf_bytes *b) {
-    if (s->size >= 0) KVF_TRY(kvf_bytes_reserve(b, (size_t)s->size));
+    if (s->size >= 0)
+        KVF_TRY(kvf_bytes_reserve(b, (size_t)(s->size < PREALLOC_MAX ? s->size : PREALLOC_MAX)));
     for (;;) {
         KVF_TRY(kvf_bytes_reserve(b, CHUNK));
         long k = s->read(s, b->data + b->len, CHUNK);
@@ -259,7 +263,7 @@ static kvf_status read_shard(struct reader *r, src *s) {
     if (r->max_tokens > 0 && r->max_tokens - r->out->count < want)
         want = r->max_tokens - r->out->count;
     if (want < 0) want = 0;
-    KVF_TRY(kvf_ids_reserve(r->out, want));
+    KVF_TRY(kvf_ids_reserve(r->out, want < PREALLOC_MAX / 4 ? want : PREALLOC_MAX / 4));
     /* With a known size the file is already checked: stop after the tokens we keep. Otherwise
      * read everything, so that a short or long entry is still caught. */
     int64_t to_read = s->size >= 0 ? want : count;
@@ -284,6 +288,7 @@ static kvf_status read_shard(struct reader *r, src *s) {
                                (long long)(KVF_SHARD_HEADER_BYTES + done * elem + k));
             break;
         }
+        if (done < want) st = kvf_ids_reserve(r->out, want - done < n ? want - done : n);
         for (int64_t i = 0; i < n && st == KVF_OK; i++) {
             int64_t idx = done + i;
             const unsigned char *p = buf + i * elem;

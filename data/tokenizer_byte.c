@@ -9,6 +9,7 @@
 static kvf_status byte_encode(const kvf_tokenizer *tok, const char *text, size_t len,
                               kvf_ids *out) {
     KVF_CHECK(len <= (size_t)INT64_MAX / 8, KVF_ERR_ARG, "tokenizer %s: text too long", tok->name);
+    if (len == 0) return KVF_OK; /* out->data may still be NULL: no arithmetic on it */
     KVF_TRY(kvf_ids_reserve(out, (int64_t)len));
     const unsigned char *p = (const unsigned char *)text;
     int32_t *dst = out->data + out->count;

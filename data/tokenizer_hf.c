@@ -1258,6 +1258,7 @@ static kvf_status bpe_piece(hf_ctx *c, const char *s, size_t len, kvf_ids *out) 
         int64_t e = sm_find(&c->cache, s, len);
         if (e >= 0) {
             int32_t k = c->cache.e[e].val;
+            if (!c->cache_rng[2 * k + 1]) return KVF_OK; /* no ids; data may be NULL */
             return kvf_ids_append(out, c->cache_ids.data + c->cache_rng[2 * k], c->cache_rng[2 * k + 1]);
         }
     }
@@ -1278,7 +1279,8 @@ static kvf_status bpe_piece(hf_ctx *c, const char *s, size_t len, kvf_ids *out) 
         }
         c->cache_rng[2 * k] = c->cache_ids.count;
         c->cache_rng[2 * k + 1] = out->count - before;
-        KVF_TRY(kvf_ids_append(&c->cache_ids, out->data + before, out->count - before));
+        if (out->count > before) /* out->data may be NULL when the word gave no ids */
+            KVF_TRY(kvf_ids_append(&c->cache_ids, out->data + before, out->count - before));
         KVF_TRY(sm_put(&c->cache, s, len, (int32_t)k, NULL));
     }
     return KVF_OK;

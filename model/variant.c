@@ -10,19 +10,21 @@ static kvf_status bad(const char *name, const char *why) {
                          name, why);
 }
 
-kvf_status kvf_model_config_apply_variant(kvf_model_config *c, const char *name) {
-    int a, b, n;
-    const char *s = name;
-    /* prefixes that modify a base variant */
+/* name is the whole user-given string (errors name it), s the part still to parse */
+static kvf_status apply(kvf_model_config *c, const char *name, const char *s) {
+    int a, b, n = 0;
+    /* prefixes that modify a base variant (n stays 0 when the '_' after the number is
+     * missing: sscanf then stops before %n) */
     if (sscanf(s, "cla%d_%n", &a, &n) == 1 && n > 0) {
         if (a < 1) return bad(name, "sharing factor must be >= 1");
-        KVF_TRY(kvf_model_config_apply_variant(c, s + n));
+        KVF_TRY(apply(c, name, s + n));
         for (int l = 0; l < KVF_MAX_LAYERS; l++) c->kv_source[l] = l - l % a;
         return KVF_OK;
     }
+    n = 0;
     if (sscanf(s, "swa%d_%n", &a, &n) == 1 && n > 0) {
         if (a < 1) return bad(name, "window must be >= 1");
-        KVF_TRY(kvf_model_config_apply_variant(c, s + n));
+        KVF_TRY(apply(c, name, s + n));
         for (int l = 0; l < KVF_MAX_LAYERS; l++) c->window[l] = (l % 2 == 0) ? a : 0;
         return KVF_OK;
     }
@@ -67,4 +69,8 @@ kvf_status kvf_model_config_apply_variant(kvf_model_config *c, const char *name)
         }
     }
     return bad(name, "unknown name");
+}
+
+kvf_status kvf_model_config_apply_variant(kvf_model_config *c, const char *name) {
+    return apply(c, name, name);
 }

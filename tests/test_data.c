@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -672,6 +673,92 @@ START_TEST(archive_truncated) {
 }
 END_TEST
 
+/* ---- found by fuzzing (tests/fuzz, docs/fuzzing.md) ------------------------------------------ */
+
+/* A 512-byte ustar header for a regular file `name` of `size` bytes (as the header claims). */
+static void ustar_header(unsigned char *h, const char *name, unsigned long long size) {
+    memset(h, 0, 512);
+    snprintf((char *)h, 100, "%s", name);
+    memcpy(h + 100, "0000644", 8);
+    memcpy(h + 108, "0000000", 8);
+    memcpy(h + 116, "0000000", 8);
+    snprintf((char *)h + 124, 12, "%011llo", size);
+    memcpy(h + 136, "00000000000", 12);
+    h[156] = '0';
+    memcpy(h + 257, "ustar", 6);
+    memcpy(h + 263, "00", 2);
+    memset(h + 148, ' ', 8);
+    unsigned sum = 0;
+    for (int i = 0; i < 512; i++) sum += h[i];
+    snprintf((char *)h + 148, 8, "%06o", sum);
+}
+
+START_TEST(empty_documents) {
+    /* an empty text into an empty (NULL) id array: nothing appended, no pointer arithmetic on NULL */
+    kvf_tokenizer *tok = kvf_tokenizer_byte_init(true);
+    kvf_ids ids = {0};
+    expect_ok(kvf_tokenizer_encode(tok, "", 0, &ids));
+    ck_assert_int_eq(ids.count, 0);
+    kvf_corpus_opts o = {.tok = tok};
+    expect_ok(kvf_corpus_read_buffer("empty.txt", "", 0, &o, &ids));
+    ck_assert_int_eq(ids.count, 0);
+    kvf_ids_free(&ids);
+    kvf_tokenizer_free(tok);
+}
+END_TEST
+
+START_TEST(header_sizes_are_hints) {
+    /* Archive entries whose headers claim 4 GiB (a text file) and a 2^30-token shard, followed by
+     * a few real bytes: a truncated archive (KVF_ERR_FORMAT), found without first reserving what
+     * the headers claim (it was malloc(4 GiB) / 4 GiB of ids before the read). The address space
+     * is limited here so that such an allocation would fail as KVF_ERR_OOM instead. */
+    kvf_tokenizer *tok = kvf_tokenizer_byte_init(true);
+    kvf_corpus_opts o = {.tok = NULL};
+    static unsigned char tar[3 * 512 + 2048];
+    for (int k = 0; k < 2; k++) {
+        memset(tar, 0, sizeof tar);
+        size_t len;
+        if (k == 0) {
+            ustar_header(tar, "big.txt", 1ull << 32);
+            memcpy(tar + 512, "hello", 5);
+            len = 1024;
+            o.tok = tok;
+        } else {
+            int64_t count = (int64_t)1 << 30;
+            ustar_header(tar, "big.bin", KVF_SHARD_HEADER_BYTES + (unsigned long long)count * 4);
+            kvf_shard_make_header(tar + 512, 4, count);
+            len = 512 + KVF_SHARD_HEADER_BYTES + 512;
+            o.tok = NULL;
+        }
+#if !defined(__SANITIZE_ADDRESS__)
+        struct rlimit old, lim;
+        ck_assert_int_eq(getrlimit(RLIMIT_AS, &old), 0);
+        long pages = 0;
+        FILE *fp = fopen("/proc/self/statm", "r");
+        if (fp) {
+            if (fscanf(fp, "%ld", &pages) != 1) pages = 0;
+            fclose(fp);
+        }
+        lim = old;
+        if (pages > 0) {
+            rlim_t cap = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + ((rlim_t)1 << 30);
+            if (old.rlim_cur == RLIM_INFINITY || cap < old.rlim_cur) lim.rlim_cur = cap;
+            ck_assert_int_eq(setrlimit(RLIMIT_AS, &lim), 0);
+        }
+#endif
+        kvf_ids got = {0};
+        kvf_status s = kvf_corpus_read_buffer("claims.tar", tar, len, &o, &got);
+#if !defined(__SANITIZE_ADDRESS__)
+        setrlimit(RLIMIT_AS, &old);
+#endif
+        expect_error(s, KVF_ERR_FORMAT, k == 0 ? "claims.tar:big.txt" : "claims.tar:big.bin",
+                     "truncated");
+        kvf_ids_free(&got);
+    }
+    kvf_tokenizer_free(tok);
+}
+END_TEST
+
 /* ---- batcher ------------------------------------------------------------------------------- */
 
 static int32_t *iota_tokens(int64_t n) {
@@ -930,6 +1017,8 @@ int main(void) {
     tcase_add_test(tc, archive_reads);
     tcase_add_test(tc, compressed_single_file);
     tcase_add_test(tc, archive_truncated);
+    tcase_add_test(tc, empty_documents);
+    tcase_add_test(tc, header_sizes_are_hints);
     tcase_add_test(tc, batcher_windows);
     tcase_add_test(tc, batcher_resume);
     tcase_add_test(tc, batcher_ranks);

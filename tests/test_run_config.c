@@ -149,6 +149,25 @@ START_TEST(set_overrides) {
 }
 END_TEST
 
+/* Found by fuzzing: "cla2x…" matched cla%d but not the '_', so sscanf never stored %n and the
+ * variant parser recursed at an uninitialised offset. Now every such name is an error. */
+START_TEST(variant_prefix_without_underscore) {
+    const char *names[] = {"cla2", "cla2x_mha", "cla2mha", "swa16", "swa16gqa2", "cla2_swa8"};
+    for (int i = 0; i < 6; i++) {
+        char y[256];
+        snprintf(y, sizeof y, "data:\n  train: x.txt\nmodel:\n  attention: %s\n", names[i]);
+        kvf_run_config c;
+        ck_assert_msg(load(&c, y) == KVF_ERR_ARG, "%s was accepted", names[i]);
+        HAS("model.attention");
+        HAS(names[i]);
+        kvf_error_clear();
+    }
+    kvf_run_config c;
+    ck_assert_int_eq(load(&c, "data:\n  train: x.txt\nmodel:\n  n_heads: 4\n  attention: cla2_gqa2\n"),
+                     KVF_OK);
+}
+END_TEST
+
 START_TEST(docs_list_every_key) {
     const char *src = getenv("KVF_SOURCE_DIR");
     char path[1024];
@@ -179,6 +198,7 @@ int main(void) {
     tcase_add_test(tc, set_overrides);
     tcase_add_test(tc, match_params_tunes_d_ff);
     tcase_add_test(tc, docs_list_every_key);
+    tcase_add_test(tc, variant_prefix_without_underscore);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

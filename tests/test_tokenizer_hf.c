@@ -856,6 +856,23 @@ START_TEST(bos_eos_rules) {
 }
 END_TEST
 
+/* Found by fuzzing: a word that gives no ids (no unk_token: HF drops characters outside the
+ * vocab) was cached with pointer arithmetic on a still-NULL id array, on the first encode and on
+ * the cache hit of the second. */
+START_TEST(word_without_ids) {
+    kvf_tokenizer *tok = mk("{\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": []}",
+                            NULL, "{\"type\": \"WhitespaceSplit\"}", NULL, NULL);
+    for (int k = 0; k < 2; k++) {
+        kvf_ids ids = {0};
+        ck_assert_msg(kvf_tokenizer_encode(tok, "xyz", 3, &ids) == KVF_OK, "%s", kvf_error_message());
+        ck_assert_int_eq(ids.count, 0);
+        kvf_ids_free(&ids);
+    }
+    EXPECT_IDS(tok, "xyz ab xyz", 0, 1);
+    kvf_tokenizer_free(tok);
+}
+END_TEST
+
 START_TEST(encode_decode_args) {
     kvf_tokenizer *t = mk("{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":2},\"merges\":[]}", NULL, NULL, NULL, NULL);
     ck_assert_int_eq(t->vocab_size, 3);
@@ -1068,6 +1085,7 @@ int main(void) {
     tcase_add_test(hc, bytelevel_map_and_lossy_decode);
     tcase_add_test(hc, bos_eos_rules);
     tcase_add_test(hc, encode_decode_args);
+    tcase_add_test(hc, word_without_ids);
     suite_add_tcase(s, hc);
 
     TCase *bad = tcase_create("malformed");
