@@ -212,6 +212,7 @@ struct kvf_st_file {
     char *path;
     void *map;          /* whole file, read-only; NULL for an empty data-less mapping */
     size_t map_size;
+    bool heap;          /* map is a malloc'd copy (kvf_st_file_open_buffer), not an mmap */
     uint64_t header_len;
     const unsigned char *data; /* the data section */
     uint64_t data_size;
@@ -238,7 +239,8 @@ static const char *json_type_name(const json_t *v) {
 
 void kvf_st_file_close(kvf_st_file *f) {
     if (!f) return;
-    if (f->map) munmap(f->map, f->map_size);
+    if (f->heap) free(f->map);
+    else if (f->map) munmap(f->map, f->map_size);
     for (size_t i = 0; i < f->n; i++) free((char *)f->tensors[i].name);
     free(f->tensors);
     for (size_t i = 0; i < f->n_meta; i++) {
@@ -478,6 +480,24 @@ done:
     return s;
 }
 
+/* Validates the header of f->map[0..map_size) (at least 8 bytes) and fills in f. */
+static kvf_status st_file_parse(kvf_st_file *f) {
+    const char *path = f->path;
+    uint64_t size = (uint64_t)f->map_size;
+    memcpy(&f->header_len, f->map, 8);
+    uint64_t hl = f->header_len;
+    KVF_CHECK(hl <= size - 8, KVF_ERR_FORMAT,
+              "%s: header length %" PRIu64 " is larger than the file (%" PRIu64
+              " bytes after the 8-byte length)",
+              path, hl, size - 8);
+    KVF_CHECK(hl <= KVF_ST_MAX_HEADER, KVF_ERR_FORMAT,
+              "%s: header length %" PRIu64 " is absurd (limit %" PRIu64 " bytes)", path, hl,
+              KVF_ST_MAX_HEADER);
+    f->data = (const unsigned char *)f->map + 8 + hl;
+    f->data_size = size - 8 - hl;
+    return parse_header(f);
+}
+
 /* referrer: what listed this file (for messages), or NULL. */
 static kvf_st_file *st_file_open(const char *path, const char *referrer) {
     KVF_CHECK_NULL(path, KVF_ERR_ARG, "safetensors: NULL path");
@@ -528,26 +548,7 @@ static kvf_st_file *st_file_open(const char *path, const char *referrer) {
         return NULL;
     }
     f->map_size = (size_t)size;
-    memcpy(&f->header_len, f->map, 8);
-    uint64_t hl = f->header_len;
-    if (hl > size - 8) {
-        kvf_error_set(KVF_ERR_FORMAT,
-                      "%s: header length %" PRIu64 " is larger than the file (%" PRIu64
-                      " bytes after the 8-byte length)",
-                      path, hl, size - 8);
-        kvf_st_file_close(f);
-        return NULL;
-    }
-    if (hl > KVF_ST_MAX_HEADER) {
-        kvf_error_set(KVF_ERR_FORMAT,
-                      "%s: header length %" PRIu64 " is absurd (limit %" PRIu64 " bytes)", path,
-                      hl, KVF_ST_MAX_HEADER);
-        kvf_st_file_close(f);
-        return NULL;
-    }
-    f->data = (const unsigned char *)f->map + 8 + hl;
-    f->data_size = size - 8 - hl;
-    if (parse_header(f) != KVF_OK) {
+    if (st_file_parse(f) != KVF_OK) {
         kvf_st_file_close(f);
         return NULL;
     }
@@ -555,6 +556,37 @@ static kvf_st_file *st_file_open(const char *path, const char *referrer) {
 }
 
 kvf_st_file *kvf_st_file_open(const char *path) { return st_file_open(path, NULL); }
+
+kvf_st_file *kvf_st_file_open_buffer(const char *name, const void *data, size_t len) {
+    KVF_CHECK_NULL(name && (data || len == 0), KVF_ERR_ARG,
+                   "safetensors: NULL name or data");
+    kvf_st_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(name)) || !(f->map = malloc(len ? len : 1))) {
+        if (f) free(f->path);
+        free(f);
+        kvf_error_set(KVF_ERR_OOM, "%s: out of memory", name);
+        return NULL;
+    }
+    f->heap = true;
+    if (len) memcpy(f->map, data, len);
+    f->map_size = len;
+    if (len < 8) {
+        if (len == 0)
+            kvf_error_set(KVF_ERR_FORMAT, "%s: empty file, not safetensors (no header)", name);
+        else
+            kvf_error_set(KVF_ERR_FORMAT,
+                          "%s: file is %zu bytes, shorter than the 8-byte header length", name,
+                          len);
+        kvf_st_file_close(f);
+        return NULL;
+    }
+    if (st_file_parse(f) != KVF_OK) {
+        kvf_st_file_close(f);
+        return NULL;
+    }
+    return f;
+}
+
 
 const char *kvf_st_file_path(const kvf_st_file *f) { return f->path; }
 size_t kvf_st_file_count(const kvf_st_file *f) { return f->n; }
@@ -879,6 +911,7 @@ struct st_entry {
     uint64_t numel;
     uint64_t nbytes; /* written */
     const void *data;
+    bool planned;    /* kvf_st_writer_add_planned: data comes through a kvf_st_stream */
 };
 
 struct kvf_st_writer {
@@ -917,8 +950,9 @@ static bool valid_utf8_key(const char *s) {
     return j != NULL;
 }
 
-kvf_status kvf_st_writer_add_as(kvf_st_writer *w, const char *name, kvf_dtype dtype, int ndim,
-                                const int64_t *shape, kvf_dtype src_dtype, const void *data) {
+static kvf_status add_entry(kvf_st_writer *w, const char *name, kvf_dtype dtype, int ndim,
+                            const int64_t *shape, kvf_dtype src_dtype, const void *data,
+                            bool planned) {
     KVF_CHECK(w && name, KVF_ERR_ARG, "safetensors writer: NULL argument");
     KVF_CHECK(strcmp(name, "__metadata__") != 0, KVF_ERR_ARG,
               "safetensors writer: \"__metadata__\" is not a tensor name");
@@ -945,8 +979,8 @@ kvf_status kvf_st_writer_add_as(kvf_st_writer *w, const char *name, kvf_dtype dt
                                           &(uint64_t){0}),
               KVF_ERR_SHAPE, "safetensors writer: tensor '%s': shape %s overflows", name,
               SHAPE_STR(ndim, shape));
-    KVF_CHECK(data || numel == 0, KVF_ERR_ARG, "safetensors writer: tensor '%s': NULL data",
-              name);
+    KVF_CHECK(data || numel == 0 || planned, KVF_ERR_ARG,
+              "safetensors writer: tensor '%s': NULL data", name);
     for (size_t i = 0; i < w->n; i++)
         KVF_CHECK(strcmp(w->e[i].name, name) != 0, KVF_ERR_ARG,
                   "safetensors writer: tensor '%s' added twice", name);
@@ -968,9 +1002,20 @@ kvf_status kvf_st_writer_add_as(kvf_st_writer *w, const char *name, kvf_dtype dt
     e->numel = numel;
     e->nbytes = nbytes;
     e->data = data;
+    e->planned = planned;
     w->n++;
     w->data_bytes += nbytes;
     return KVF_OK;
+}
+
+kvf_status kvf_st_writer_add_as(kvf_st_writer *w, const char *name, kvf_dtype dtype, int ndim,
+                                const int64_t *shape, kvf_dtype src_dtype, const void *data) {
+    return add_entry(w, name, dtype, ndim, shape, src_dtype, data, false);
+}
+
+kvf_status kvf_st_writer_add_planned(kvf_st_writer *w, const char *name, kvf_dtype dtype,
+                                     int ndim, const int64_t *shape) {
+    return add_entry(w, name, dtype, ndim, shape, dtype, NULL, true);
 }
 
 kvf_status kvf_st_writer_add(kvf_st_writer *w, const char *name, kvf_dtype dtype, int ndim,
@@ -1191,6 +1236,10 @@ static kvf_status st_file_body(struct st_out *o, const void *ud) {
 }
 
 static kvf_status write_range(const kvf_st_writer *w, size_t from, size_t to, const char *path) {
+    for (size_t i = from; i < to; i++)
+        KVF_CHECK(!w->e[i].planned, KVF_ERR_STATE,
+                  "cannot write %s: tensor '%s' was planned for a kvf_st_stream and has no data",
+                  path, w->e[i].name);
     struct st_file_job j = {.w = w, .from = from, .to = to};
     char *hdr;
     KVF_TRY(build_header(w, from, to, path, &hdr, &j.header_len));
@@ -1308,14 +1357,11 @@ static kvf_status write_index(const kvf_st_writer *w, const size_t *start, unsig
     return st;
 }
 
-kvf_status kvf_st_writer_write_sharded(kvf_st_writer *w, const char *dir,
-                                       uint64_t max_shard_bytes) {
-    KVF_CHECK(w && dir, KVF_ERR_ARG, "safetensors writer: NULL argument");
-    KVF_CHECK(max_shard_bytes > 0, KVF_ERR_ARG, "safetensors writer: max shard size is 0");
-    writer_sort(w);
-    /* greedy split in name order; start[k] = first entry of shard k, start[n] = w->n */
+/* Greedy split of the sorted entries: start[k] = first entry of shard k, start[n] = w->n.
+ * NULL when out of memory. */
+static size_t *split_shards(const kvf_st_writer *w, uint64_t max_shard_bytes, size_t *n_out) {
     size_t *start = malloc((w->n + 2) * sizeof *start);
-    KVF_CHECK(start, KVF_ERR_OOM, "%s: out of memory", dir);
+    if (!start) return NULL;
     size_t n = 0;
     uint64_t cur = 0;
     start[n++] = 0;
@@ -1327,6 +1373,17 @@ kvf_status kvf_st_writer_write_sharded(kvf_st_writer *w, const char *dir,
         cur += w->e[i].nbytes;
     }
     start[n] = w->n;
+    *n_out = n;
+    return start;
+}
+
+kvf_status kvf_st_writer_write_sharded(kvf_st_writer *w, const char *dir,
+                                       uint64_t max_shard_bytes) {
+    KVF_CHECK(w && dir, KVF_ERR_ARG, "safetensors writer: NULL argument");
+    KVF_CHECK(max_shard_bytes > 0, KVF_ERR_ARG, "safetensors writer: max shard size is 0");
+    writer_sort(w);
+    size_t n, *start = split_shards(w, max_shard_bytes, &n);
+    KVF_CHECK(start, KVF_ERR_OOM, "%s: out of memory", dir);
     kvf_status s = KVF_OK;
     if (n > 99999) {
         s = kvf_error_set(KVF_ERR_ARG, "%s: %zu shards; at most 99999 (raise the max shard size)",
@@ -1350,4 +1407,242 @@ kvf_status kvf_st_writer_write_sharded(kvf_st_writer *w, const char *dir,
     if (s == KVF_OK) s = remove_stale(dir, (unsigned)n);
     free(start);
     return s;
+}
+
+/* ---- releasing mapped pages ---------------------------------------------------------------- */
+
+void kvf_st_dir_release(const kvf_st_dir *d, const kvf_st_tensor *t) {
+    if (!d || !t || !t->nbytes) return;
+    const unsigned char *p = t->data;
+    for (size_t i = 0; i < d->n_shards; i++) {
+        const kvf_st_file *f = d->shards[i];
+        const unsigned char *m = f->map;
+        if (!m || f->heap || p < m || p + t->nbytes > m + f->map_size) continue;
+        long ps = sysconf(_SC_PAGESIZE);
+        uintptr_t a = (uintptr_t)p & ~(uintptr_t)(ps - 1), b = (uintptr_t)(p + t->nbytes);
+        /* a read-only private mapping: the pages leave this process and come back from the
+         * file (page cache) if touched again */
+        (void)madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
+        return;
+    }
+}
+
+/* ---- streaming writer ---------------------------------------------------------------------- */
+
+struct kvf_st_stream {
+    kvf_st_writer *w;
+    char *dir;
+    size_t n_shards, *start;
+    char **paths, **tmps;
+    int *fds;
+    uint64_t *data_start;  /* per shard: 8 + header length */
+    uint64_t *offset;      /* per entry: offset within its shard's data section */
+    size_t *shard_of;      /* per entry */
+    bool *done;            /* per entry */
+    size_t *by_name;       /* entry indices sorted by name */
+};
+
+static void stream_free(kvf_st_stream *s, bool unlink_tmps) {
+    if (!s) return;
+    for (size_t k = 0; k < s->n_shards; k++) {
+        if (s->fds && s->fds[k] >= 0) close(s->fds[k]);
+        if (unlink_tmps && s->tmps && s->tmps[k]) unlink(s->tmps[k]);
+        if (s->paths) free(s->paths[k]);
+        if (s->tmps) free(s->tmps[k]);
+    }
+    free(s->paths);
+    free(s->tmps);
+    free(s->fds);
+    free(s->data_start);
+    free(s->offset);
+    free(s->shard_of);
+    free(s->done);
+    free(s->by_name);
+    free(s->start);
+    free(s->dir);
+    free(s);
+}
+
+void kvf_st_stream_abort(kvf_st_stream *s) { stream_free(s, true); }
+
+static const kvf_st_writer *by_name_w; /* qsort context (single-threaded use) */
+static int cmp_by_name(const void *a, const void *b) {
+    return strcmp(by_name_w->e[*(const size_t *)a].name, by_name_w->e[*(const size_t *)b].name);
+}
+
+static kvf_status pwrite_all(int fd, const void *p, size_t n, uint64_t off, const char *path) {
+    const unsigned char *c = p;
+    while (n > 0) {
+        ssize_t k = pwrite(fd, c, n, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return kvf_error_set(KVF_ERR_IO, "cannot write %s: %s", path, strerror(k < 0 ? errno : EIO));
+        c += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return KVF_OK;
+}
+
+kvf_st_stream *kvf_st_stream_begin(kvf_st_writer *w, const char *dir, uint64_t max_shard_bytes) {
+    KVF_CHECK_NULL(w && dir, KVF_ERR_ARG, "safetensors stream: NULL argument");
+    KVF_CHECK_NULL(max_shard_bytes > 0, KVF_ERR_ARG, "safetensors stream: max shard size is 0");
+    writer_sort(w);
+    kvf_st_stream *s = calloc(1, sizeof *s);
+    KVF_CHECK_NULL(s, KVF_ERR_OOM, "%s: out of memory", dir);
+    s->w = w;
+    s->dir = strdup(dir);
+    s->start = split_shards(w, max_shard_bytes, &s->n_shards);
+    size_t n = w->n ? w->n : 1, ns = s->n_shards;
+    s->paths = calloc(ns, sizeof *s->paths);
+    s->tmps = calloc(ns, sizeof *s->tmps);
+    s->fds = malloc(ns * sizeof *s->fds);
+    s->data_start = calloc(ns, sizeof *s->data_start);
+    s->offset = calloc(n, sizeof *s->offset);
+    s->shard_of = calloc(n, sizeof *s->shard_of);
+    s->done = calloc(n, sizeof *s->done);
+    s->by_name = calloc(n, sizeof *s->by_name);
+    if (!s->dir || !s->start || !s->paths || !s->tmps || !s->fds || !s->data_start || !s->offset ||
+        !s->shard_of || !s->done || !s->by_name) {
+        if (s->fds) for (size_t k = 0; k < ns; k++) s->fds[k] = -1;
+        else s->n_shards = 0;
+        stream_free(s, false);
+        kvf_error_set(KVF_ERR_OOM, "%s: out of memory", dir);
+        return NULL;
+    }
+    for (size_t k = 0; k < ns; k++) s->fds[k] = -1;
+    if (ns > 99999) {
+        kvf_error_set(KVF_ERR_ARG, "%s: %zu shards; at most 99999 (raise the max shard size)", dir, ns);
+        stream_free(s, false);
+        return NULL;
+    }
+    for (size_t i = 0; i < w->n; i++) s->by_name[i] = i;
+    by_name_w = w;
+    if (w->n > 1) qsort(s->by_name, w->n, sizeof *s->by_name, cmp_by_name);
+    kvf_status st = KVF_OK;
+    for (size_t k = 0; st == KVF_OK && k < ns; k++) {
+        char name[64];
+        if (ns == 1) snprintf(name, sizeof name, "%s", ST_SINGLE_NAME);
+        else snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", k + 1, ns);
+        s->paths[k] = path_join(dir, name);
+        size_t len = s->paths[k] ? strlen(s->paths[k]) + 32 : 0;
+        s->tmps[k] = len ? malloc(len) : NULL;
+        if (!s->paths[k] || !s->tmps[k]) {
+            st = kvf_error_set(KVF_ERR_OOM, "%s: out of memory", dir);
+            break;
+        }
+        snprintf(s->tmps[k], len, "%s.tmp.%ld", s->paths[k], (long)getpid());
+        char *hdr = NULL;
+        size_t hl = 0;
+        st = build_header(w, s->start[k], s->start[k + 1], s->paths[k], &hdr, &hl);
+        if (st != KVF_OK) break;
+        uint64_t off = 0;
+        for (size_t i = s->start[k]; i < s->start[k + 1]; i++) {
+            s->offset[i] = off;
+            s->shard_of[i] = k;
+            off += w->e[i].nbytes;
+        }
+        s->data_start[k] = 8 + hl;
+        s->fds[k] = open(s->tmps[k], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+        if (s->fds[k] < 0) {
+            st = kvf_error_set(KVF_ERR_IO, "cannot write %s (creating %s): %s", s->paths[k], s->tmps[k],
+                               strerror(errno));
+            free(hdr);
+            break;
+        }
+        unsigned char lenb[8];
+        uint64_t h64 = hl;
+        memcpy(lenb, &h64, 8);
+        st = pwrite_all(s->fds[k], lenb, 8, 0, s->tmps[k]);
+        if (st == KVF_OK) st = pwrite_all(s->fds[k], hdr, hl, 8, s->tmps[k]);
+        free(hdr);
+        if (st == KVF_OK && ftruncate(s->fds[k], (off_t)(8 + hl + off)) != 0)
+            st = kvf_error_set(KVF_ERR_IO, "cannot write %s (sizing %s): %s", s->paths[k], s->tmps[k],
+                               strerror(errno));
+    }
+    if (st != KVF_OK) {
+        stream_free(s, true);
+        return NULL;
+    }
+    return s;
+}
+
+static size_t stream_find(const kvf_st_stream *s, const char *name) {
+    size_t lo = 0, hi = s->w->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(s->w->e[s->by_name[mid]].name, name);
+        if (c == 0) return s->by_name[mid];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return (size_t)-1;
+}
+
+kvf_status kvf_st_stream_put(kvf_st_stream *s, const char *name, kvf_dtype src_dtype,
+                             const void *data) {
+    KVF_CHECK(s && name, KVF_ERR_ARG, "safetensors stream: NULL argument");
+    size_t i = stream_find(s, name);
+    KVF_CHECK(i != (size_t)-1, KVF_ERR_ARG, "safetensors stream into %s: tensor '%s' was not planned",
+              s->dir, name);
+    const struct st_entry *e = &s->w->e[i];
+    size_t k = s->shard_of[i];
+    KVF_CHECK(!s->done[i], KVF_ERR_STATE, "safetensors stream into %s: tensor '%s' written twice",
+              s->paths[k], name);
+    KVF_CHECK(dtype_valid(src_dtype) && dtype_convertible(src_dtype, e->dtype), KVF_ERR_DTYPE,
+              "safetensors stream into %s: tensor '%s': %s data cannot be written as %s", s->paths[k],
+              name, dtype_valid(src_dtype) ? kvf_st_dtype_name(src_dtype) : "?",
+              kvf_st_dtype_name(e->dtype));
+    KVF_CHECK(data || e->numel == 0, KVF_ERR_ARG, "safetensors stream: tensor '%s': NULL data", name);
+    uint64_t base = s->data_start[k] + s->offset[i];
+    kvf_status st = KVF_OK;
+    if (src_dtype == e->dtype) {
+        st = pwrite_all(s->fds[k], data, (size_t)e->nbytes, base, s->tmps[k]);
+    } else {
+        enum { CHUNK = 1 << 18 };
+        unsigned char *buf = malloc((size_t)CHUNK * 8);
+        KVF_CHECK(buf, KVF_ERR_OOM, "cannot write %s: out of memory", s->paths[k]);
+        size_t ss = kvf_dtype_size(src_dtype), ds = kvf_dtype_size(e->dtype);
+        for (uint64_t j = 0; st == KVF_OK && j < e->numel; j += CHUNK) {
+            size_t m = (size_t)(e->numel - j < CHUNK ? e->numel - j : CHUNK);
+            st = convert((const unsigned char *)data + (size_t)j * ss, src_dtype, buf, e->dtype, m,
+                         (size_t)j, e->name, s->paths[k]);
+            if (st == KVF_OK) st = pwrite_all(s->fds[k], buf, m * ds, base + j * ds, s->tmps[k]);
+        }
+        free(buf);
+    }
+    if (st == KVF_OK) s->done[i] = true;
+    return st;
+}
+
+kvf_status kvf_st_stream_finish(kvf_st_stream *s) {
+    KVF_CHECK(s, KVF_ERR_ARG, "safetensors stream: NULL argument");
+    kvf_status st = KVF_OK;
+    for (size_t i = 0; st == KVF_OK && i < s->w->n; i++)
+        if (!s->done[i])
+            st = kvf_error_set(KVF_ERR_STATE, "cannot finish %s: tensor '%s' was planned but never written",
+                               s->paths[s->shard_of[i]], s->w->e[i].name);
+    for (size_t k = 0; st == KVF_OK && k < s->n_shards; k++) {
+        if (fsync(s->fds[k]) != 0)
+            st = kvf_error_set(KVF_ERR_IO, "cannot write %s (syncing %s): %s", s->paths[k], s->tmps[k],
+                               strerror(errno));
+        int rc = close(s->fds[k]);
+        s->fds[k] = -1;
+        if (st == KVF_OK && rc != 0)
+            st = kvf_error_set(KVF_ERR_IO, "cannot write %s (closing %s): %s", s->paths[k], s->tmps[k],
+                               strerror(errno));
+    }
+    for (size_t k = 0; st == KVF_OK && k < s->n_shards; k++) {
+        if (rename(s->tmps[k], s->paths[k]) != 0)
+            st = kvf_error_set(KVF_ERR_IO, "cannot write %s (renaming %s): %s", s->paths[k], s->tmps[k],
+                               strerror(errno));
+        else {
+            free(s->tmps[k]);
+            s->tmps[k] = NULL;
+        }
+    }
+    if (st == KVF_OK && s->n_shards > 1) st = write_index(s->w, s->start, (unsigned)s->n_shards, s->dir);
+    if (st == KVF_OK) st = remove_stale(s->dir, (unsigned)s->n_shards);
+    if (st == KVF_OK) fsync_parent_dir(s->paths[0]);
+    stream_free(s, true);
+    return st;
 }

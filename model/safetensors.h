@@ -48,6 +48,9 @@ typedef struct kvf_st_tensor kvf_st_tensor;
 typedef struct kvf_st_file kvf_st_file;
 
 kvf_st_file *kvf_st_file_open(const char *path);
+/* The same for bytes in memory (fuzzing, embedded files): data[0..len) is copied, name stands
+ * for the path in messages and kvf_st_file_path. */
+kvf_st_file *kvf_st_file_open_buffer(const char *name, const void *data, size_t len);
 void         kvf_st_file_close(kvf_st_file *f);
 
 const char *kvf_st_file_path(const kvf_st_file *f);
@@ -136,5 +139,31 @@ kvf_status kvf_st_writer_write(kvf_st_writer *w, const char *path);
  * are removed afterwards so the folder reads back as what was written. */
 kvf_status kvf_st_writer_write_sharded(kvf_st_writer *w, const char *dir,
                                        uint64_t max_shard_bytes);
+
+/* ---- streaming: the plan first, then the data tensor by tensor ---------------------------- */
+
+/* Plans a tensor whose bytes come later through kvf_st_stream_put (the writer then only
+ * serves as the plan of a stream; kvf_st_writer_write* refuse planned tensors). */
+kvf_status kvf_st_writer_add_planned(kvf_st_writer *w, const char *name, kvf_dtype dtype,
+                                     int ndim, const int64_t *shape);
+
+/* Writing a checkpoint bigger than memory: every header is computed from the plan (w's
+ * entries, in the order and shard split kvf_st_writer_write_sharded would use), the shard
+ * files are created as "<file>.tmp.<pid>" in dir (which must exist), and each tensor's bytes
+ * are then written at their place, in any order, converted on the way. finish checks that
+ * every planned tensor was written, fsyncs, renames the shards into place and writes the
+ * index (as kvf_st_writer_write_sharded does); abort (or a failed finish) removes the temp
+ * files. w must outlive the stream; finish and abort free it. */
+typedef struct kvf_st_stream kvf_st_stream;
+kvf_st_stream *kvf_st_stream_begin(kvf_st_writer *w, const char *dir, uint64_t max_shard_bytes);
+kvf_status     kvf_st_stream_put(kvf_st_stream *s, const char *name, kvf_dtype src_dtype,
+                                 const void *data);
+kvf_status     kvf_st_stream_finish(kvf_st_stream *s);
+void           kvf_st_stream_abort(kvf_st_stream *s);
+
+/* Drops the pages of t's bytes from this process's mapping of d (they stay in the page cache
+ * and are read back if t is used again), so reading a checkpoint tensor by tensor keeps the
+ * resident set small. A no-op for files not mapped from disk. */
+void kvf_st_dir_release(const kvf_st_dir *d, const kvf_st_tensor *t);
 
 #endif

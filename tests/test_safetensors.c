@@ -880,6 +880,42 @@ START_TEST(fixture_tiny_llama) {
 }
 END_TEST
 
+/* kvf_st_file_open_buffer (the fuzz target's entry point): the same reader on bytes in memory. */
+START_TEST(open_buffer) {
+    const char *path = tpath("buf.safetensors");
+    float v[6] = {1, 2, 3, 4, 5, 6};
+    int64_t i[2] = {7, -8};
+    kvf_st_writer *w = kvf_st_writer_init();
+    ck_assert_int_eq(kvf_st_writer_add(w, "v", KVF_DTYPE_F32, 2, (int64_t[]){2, 3}, v), KVF_OK);
+    ck_assert_int_eq(kvf_st_writer_add(w, "i", KVF_DTYPE_I64, 1, (int64_t[]){2}, i), KVF_OK);
+    ck_assert_int_eq(kvf_st_writer_set_metadata(w, "k", "val"), KVF_OK);
+    ck_assert_int_eq(kvf_st_writer_write(w, path), KVF_OK);
+    kvf_st_writer_free(w);
+    size_t n;
+    unsigned char *b = read_all(path, &n);
+    kvf_st_file *f = kvf_st_file_open_buffer("mem.safetensors", b, n);
+    ck_assert_msg(f, "%s", kvf_error_message());
+    memset(b, 0, n); /* the reader keeps its own copy */
+    free(b);
+    ck_assert_str_eq(kvf_st_file_path(f), "mem.safetensors");
+    ck_assert_uint_eq(kvf_st_file_count(f), 2);
+    ck_assert_str_eq(kvf_st_file_metadata(f, "k"), "val");
+    assert_same_tensor(kvf_st_file_find(f, "v"), KVF_DTYPE_F32, 2, (int64_t[]){2, 3}, v, sizeof v);
+    assert_same_tensor(kvf_st_file_find(f, "i"), KVF_DTYPE_I64, 1, (int64_t[]){2}, i, sizeof i);
+    kvf_st_file_close(f);
+    /* malformed buffers fail like files, naming the buffer */
+    kvf_error_clear();
+    ck_assert_ptr_null(kvf_st_file_open_buffer("mem.safetensors", "", 0));
+    assert_error(KVF_ERR_FORMAT, "mem.safetensors", "empty");
+    ck_assert_ptr_null(kvf_st_file_open_buffer("mem.safetensors", "\x10\0\0\0\0", 5));
+    assert_error(KVF_ERR_FORMAT, "mem.safetensors", "shorter than the 8-byte");
+    ck_assert_ptr_null(kvf_st_file_open_buffer("mem.safetensors", "\xff\xff\0\0\0\0\0\0{}", 10));
+    assert_error(KVF_ERR_FORMAT, "mem.safetensors", "larger than the file");
+    ck_assert_ptr_null(kvf_st_file_open_buffer("mem.safetensors", NULL, 3));
+    assert_error(KVF_ERR_ARG, "safetensors", NULL);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("safetensors");
     TCase *rt = tcase_create("roundtrip");
@@ -903,6 +939,7 @@ int main(void) {
     tcase_add_loop_test(bad, malformed_file, 0, (int)(sizeof bad_cases / sizeof bad_cases[0]));
     tcase_add_test(bad, short_files);
     tcase_add_test(bad, absurd_header_length);
+    tcase_add_test(bad, open_buffer);
     suite_add_tcase(s, bad);
 
     TCase *fx = tcase_create("fixture");
