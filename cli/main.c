@@ -25,12 +25,25 @@ static const struct kvf_command commands[] = {
      kvf_cmd_eval},
     {"convert", "convert a checkpoint to GQA/MQA, MLA or cross-layer KV sharing",
      "usage: kvforge convert --model SRC --out DST --to gqa|mqa|mla|cla [options]\n"
-     "                       [--calib PATH [--calib-tokens N]] [--eval PATH [--seq-len W]]\n"
      "  --to gqa --kv-heads N [--method mean|first|random|calib]   (--to mqa: one KV head)\n"
-     "  --to mla --kv-rank R --rope-dim D [--style deepseek|partial-rope]\n"
+     "           query head i uses KV head i/(heads/N); mean (default) averages each group's\n"
+     "           K/V heads, calib fits them by PCA on --calib text and folds the maps into\n"
+     "           q_proj/o_proj (exact under RoPE); random is seeded by --seed S\n"
+     "  --to mla --kv-rank R --rope-dim D|all [--style deepseek|partial-rope]\n"
      "           [--rope-select norm|high|low|uniform] [--freqfold F] [--q-rank RQ]\n"
-     "  --to cla --share K | --producers 0,2,5 [--method producer|mean|calib]\n",
-     NULL},
+     "  --to cla --share K | --producers 0,2,5 [--method producer|mean|calib]\n"
+     "           a producer every K layers (or the listed ones, starting at 0); the other\n"
+     "           layers reuse its K/V; calib fits the producer's K/V by least squares\n"
+     "  --calib PATH [--calib-tokens N] [--calib-seq-len T]   calibration text (default\n"
+     "           65536 tokens in windows of 256), needed by the calib methods and --to mla\n"
+     "  --eval PATH [--seq-len W] [--eval-tokens N]   validation loss before and after\n"
+     "  --device cpu|cuda   where the model runs (calibration, evaluation)\n"
+     "  --dtype f32|bf16|f16|source   weights written (default: the source's dtype)\n"
+     "  Prints the KV cache bytes per token before and after. DST must not exist (or be\n"
+     "  empty); it appears only when everything is written. Conversions that need no data\n"
+     "  (gqa/mqa mean|first|random, cla producer|mean, no --eval) stream the checkpoint tensor\n"
+     "  by tensor, so models larger than memory convert. Details: docs/conversions.md.\n",
+     kvf_cmd_convert},
     {"uptrain", "convert, train (optionally distilling from the source) and evaluate, from a recipe",
      "usage: kvforge uptrain RECIPE.yaml\n", NULL},
     {"info", "architecture, parameters, FLOPs per token and KV-cache bytes per token",

@@ -12,6 +12,12 @@ struct hook_state {
     kvf_calib *c;
     double *xa; /* scratch: tokens × (d+1) */
     int64_t cap_rows;
+    /* cross moments: kept[p] holds layer p's augmented inputs of the current batch while a
+     * later layer l with partner[l] == p still needs them */
+    const int *partner;
+    bool *keep;
+    double **kept;
+    int64_t *kept_cap;
 };
 
 static kvf_status hook(int layer, const kvf_tensor *h, void *ud) {
@@ -49,11 +55,48 @@ static kvf_status hook(int layer, const kvf_tensor *h, void *ud) {
     /* G += Xaᵀ Xa (upper triangle, mirrored at the end) */
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)(d + 1), (int)rows, 1.0, s->xa, (int)(d + 1), 1.0,
                 c->gram + (size_t)layer * (size_t)((d + 1) * (d + 1)), (int)(d + 1));
+    if (s->partner && s->partner[layer] >= 0 && s->partner[layer] != layer) {
+        /* X_lp += Xa_lᵀ Xa_p */
+        int p = s->partner[layer];
+        KVF_CHECK(s->kept[p] && s->kept_cap[p] >= rows, KVF_ERR_STATE,
+                  "calibration: layer %d's inputs were not kept for layer %d", p, layer);
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(d + 1), (int)(d + 1), (int)rows, 1.0,
+                    s->xa, (int)(d + 1), s->kept[p], (int)(d + 1), 1.0,
+                    c->cross + (size_t)layer * (size_t)((d + 1) * (d + 1)), (int)(d + 1));
+    }
+    if (s->keep && s->keep[layer]) {
+        if (s->kept_cap[layer] < rows) {
+            double *nk = realloc(s->kept[layer], sizeof(double) * (size_t)(rows * (d + 1)));
+            KVF_CHECK(nk, KVF_ERR_OOM, "calibration: out of memory for %lld tokens", (long long)rows);
+            s->kept[layer] = nk;
+            s->kept_cap[layer] = rows;
+        }
+        memcpy(s->kept[layer], s->xa, sizeof(double) * (size_t)(rows * (d + 1)));
+    }
     return KVF_OK;
 }
 
+static kvf_status collect(kvf_model *m, const int32_t *tokens, int64_t n, int64_t seq_len,
+                          int64_t max_tokens, const int *partner, kvf_calib *out, FILE *progress);
+
 kvf_status kvf_calib_collect(kvf_model *m, const int32_t *tokens, int64_t n, int64_t seq_len,
                              int64_t max_tokens, kvf_calib *out, FILE *progress) {
+    return collect(m, tokens, n, seq_len, max_tokens, NULL, out, progress);
+}
+
+kvf_status kvf_calib_collect_cross(kvf_model *m, const int32_t *tokens, int64_t n,
+                                   int64_t seq_len, int64_t max_tokens, const int *partner,
+                                   kvf_calib *out, FILE *progress) {
+    memset(out, 0, sizeof *out);
+    KVF_CHECK(partner, KVF_ERR_ARG, "calibration: NULL partner list");
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        KVF_CHECK(partner[l] >= -1 && partner[l] <= l, KVF_ERR_ARG,
+                  "calibration: layer %d's partner %d must be an earlier layer (or -1)", l, partner[l]);
+    return collect(m, tokens, n, seq_len, max_tokens, partner, out, progress);
+}
+
+static kvf_status collect(kvf_model *m, const int32_t *tokens, int64_t n, int64_t seq_len,
+                          int64_t max_tokens, const int *partner, kvf_calib *out, FILE *progress) {
     memset(out, 0, sizeof *out);
     int64_t d = m->cfg.d_model;
     if (seq_len > m->cfg.max_seq_len) seq_len = m->cfg.max_seq_len;
@@ -68,6 +111,28 @@ kvf_status kvf_calib_collect(kvf_model *m, const int32_t *tokens, int64_t n, int
     KVF_CHECK(out->gram, KVF_ERR_OOM, "calibration: cannot hold %d × %lld² statistics", out->n_layers,
               (long long)(d + 1));
     struct hook_state hs = {.c = out};
+    if (partner) {
+        int L = out->n_layers;
+        out->partner = malloc(sizeof(int) * (size_t)L);
+        out->cross = calloc(per * (size_t)L, sizeof(double));
+        hs.partner = partner;
+        hs.keep = calloc((size_t)L, sizeof(bool));
+        hs.kept = calloc((size_t)L, sizeof(double *));
+        hs.kept_cap = calloc((size_t)L, sizeof(int64_t));
+        if (!out->partner || !out->cross || !hs.keep || !hs.kept || !hs.kept_cap) {
+            free(hs.keep);
+            free(hs.kept);
+            free(hs.kept_cap);
+            kvf_calib_free(out);
+            return kvf_error_set(KVF_ERR_OOM, "calibration: cannot hold %d × %lld² cross moments", L,
+                                 (long long)(d + 1));
+        }
+        for (int l = 0; l < L; l++) {
+            out->partner[l] = partner[l] == l ? -1 : partner[l];
+            if (out->partner[l] >= 0) hs.keep[out->partner[l]] = true;
+        }
+        hs.partner = out->partner;
+    }
     kvf_layer_hook old = m->hook;
     void *old_ud = m->hook_ud;
     m->hook = hook;
@@ -94,6 +159,11 @@ kvf_status kvf_calib_collect(kvf_model *m, const int32_t *tokens, int64_t n, int
     free(in);
     free(tg);
     free(hs.xa);
+    if (hs.kept)
+        for (int l = 0; l < out->n_layers; l++) free(hs.kept[l]);
+    free(hs.kept);
+    free(hs.keep);
+    free(hs.kept_cap);
     if (st != KVF_OK) {
         kvf_calib_free(out);
         return st;
@@ -109,7 +179,16 @@ kvf_status kvf_calib_collect(kvf_model *m, const int32_t *tokens, int64_t n, int
 void kvf_calib_free(kvf_calib *c) {
     if (!c) return;
     free(c->gram);
+    free(c->cross);
+    free(c->partner);
     c->gram = NULL;
+    c->cross = NULL;
+    c->partner = NULL;
+}
+
+const double *kvf_calib_cross(const kvf_calib *c, int layer) {
+    if (!c->cross || !c->partner || layer < 0 || layer >= c->n_layers || c->partner[layer] < 0) return NULL;
+    return c->cross + (size_t)layer * (size_t)((c->d + 1) * (c->d + 1));
 }
 
 const double *kvf_calib_gram(const kvf_calib *c, int layer) {

@@ -17,6 +17,10 @@ struct kvf_calib {
     int64_t d;      /* d_model; matrices are (d+1)×(d+1) */
     int64_t tokens; /* calibration tokens seen */
     double *gram;   /* [n_layers][(d+1)*(d+1)] */
+    /* kvf_calib_collect_cross only (NULL otherwise): partner[l] (-1: none) and the cross
+     * moment X_lp = Σ_t [x_l; 1][x_p; 1]ᵀ of layer l's input with partner p's, per layer */
+    int *partner;
+    double *cross;
 };
 typedef struct kvf_calib kvf_calib;
 
@@ -25,6 +29,16 @@ typedef struct kvf_calib kvf_calib;
 kvf_status kvf_calib_collect(kvf_model *m, const int32_t *tokens, int64_t n, int64_t seq_len,
                              int64_t max_tokens, kvf_calib *out, FILE *progress);
 void kvf_calib_free(kvf_calib *c);
+
+/* kvf_calib_collect plus cross-layer moments: for every layer l with partner[l] = p, an
+ * earlier layer (p < l; -1 or p == l: none), X_lp = Σ_t [x_l; 1][x_p; 1]ᵀ over the same tokens
+ * (rows: layer l's input, columns: layer p's). Cross-layer K/V sharing fits a producer's
+ * projection to what its consumers computed from their own inputs with these. */
+kvf_status kvf_calib_collect_cross(kvf_model *m, const int32_t *tokens, int64_t n,
+                                   int64_t seq_len, int64_t max_tokens, const int *partner,
+                                   kvf_calib *out, FILE *progress);
+/* Layer l's X_lp, or NULL when it has no partner (or no cross moments were collected). */
+const double *kvf_calib_cross(const kvf_calib *c, int layer);
 
 /* The layer's G. */
 const double *kvf_calib_gram(const kvf_calib *c, int layer);
