@@ -73,6 +73,9 @@ int kvf_cli_fail(int code, const char *fmt, ...) {
 
 int kvf_cli_fail_lib(const char *context) {
     const char *msg = kvf_error_pending() ? kvf_error_message() : "unknown failure";
+    /* library messages often name the command already ("convert --to mla: …") */
+    size_t n = context ? strlen(context) : 0;
+    if (n && !strncmp(msg, context, n) && (msg[n] == ':' || msg[n] == ' ')) context = NULL;
     if (getenv("KVF_DEBUG"))
         fprintf(stderr, "kvforge: error: %s%s%s [%s]\n", context ? context : "",
                 context ? ": " : "", msg, kvf_error_location());

@@ -535,9 +535,8 @@ kvf_model *kvf_convert_mla_deepseek_tuned(const kvf_model *src, const kvf_conver
     const kvf_model_config *c = &src->cfg;
     KVF_CHECK_NULL(!c->qkv_bias && !c->o_bias, KVF_ERR_UNSUPPORTED,
                    "convert --to mla --style deepseek: the source has attention biases (%s); DeepSeek-V3's "
-                   "q_proj/kv_b_proj take no bias and kvforge's MLA has none, so they cannot be carried "
-                   "over exactly (use --style partial-rope? it has no biases either: convert a model "
-                   "without q/k/v biases)",
+                   "q_proj/kv_b_proj take no bias and neither MLA form in kvforge has one, so MLA "
+                   "conversion needs a source without attention biases (--to gqa and --to cla keep them)",
                    c->qkv_bias ? "q/k/v, as in Qwen2" : "o_proj");
     struct ds_dims z = {0};
     z.Dm = (int)c->d_model;
