@@ -132,23 +132,57 @@ static kvf_status validate(const kvf_st_dir *d, const char *src_dir, const kvf_m
     return s;
 }
 
-static double *read_f64(const kvf_st_tensor *t) {
-    double *v = malloc(sizeof(double) * (size_t)(t->numel ? t->numel : 1));
-    KVF_CHECK_NULL(v, KVF_ERR_OOM, "%s: out of memory reading '%s'", t->path, t->name);
-    if (kvf_st_tensor_read(t, KVF_DTYPE_F64, v, sizeof(double) * (size_t)t->numel) != KVF_OK) {
-        free(v);
-        return NULL;
+/* Buffers reused from tensor to tensor: a fresh malloc of a K/V projection's doubles (134 MB
+ * at 7B) is a fresh mmap whose pages the kernel faults in and zeroes, which took more time
+ * than the pooling itself. */
+struct scratch {
+    double *src, *out;
+    float *f32;
+    size_t n_src, n_out, n_f32;
+};
+
+static void *grow(void **p, size_t *cap, size_t n, size_t elem) {
+    if (n > *cap) {
+        free(*p);
+        *p = malloc(n * elem);
+        *cap = *p ? n : 0;
+    }
+    if (!*p) kvf_error_set(KVF_ERR_OOM, "convert: out of memory for a %.2f GB buffer", (double)(n * elem) / 1e9);
+    return *p;
+}
+
+/* t as doubles in sc->src (valid until the next call); bf16 is widened here in a tight loop
+ * (exact), not element by element through kvf_st_tensor_read's generic path. */
+static double *read_f64(const kvf_st_tensor *t, struct scratch *sc) {
+    size_t n = (size_t)(t->numel ? t->numel : 1);
+    double *v = grow((void **)&sc->src, &sc->n_src, n, sizeof(double));
+    if (!v) return NULL;
+    if (t->dtype != KVF_DTYPE_BF16)
+        return kvf_st_tensor_read(t, KVF_DTYPE_F64, v, sizeof(double) * n) == KVF_OK ? v : NULL;
+    const unsigned char *p = t->data; /* may be unaligned */
+    for (size_t i = 0; i < (size_t)t->numel; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        v[i] = kvf_bf16_to_f32(h);
     }
     return v;
 }
 
-/* The pooled (gqa) or group-mean (cla) K/V tensor `what` of producer p, as doubles. */
+static void scratch_free(struct scratch *sc) {
+    free(sc->src);
+    free(sc->out);
+    free(sc->f32);
+    memset(sc, 0, sizeof *sc);
+}
+
+/* The pooled (gqa) or group-mean (cla) K/V tensor `what` of producer p, as doubles in sc->out. */
 static double *transform(const kvf_st_dir *d, const kvf_model_config *c, const kvf_model_config *nc,
-                         const kvf_convert_opts *o, int p, const char *what, int64_t out_numel) {
+                         const kvf_convert_opts *o, int p, const char *what, int64_t out_numel, struct scratch *sc) {
     bool is_k = strstr(what, "k_proj") != NULL, is_bias = ends_with(what, ".bias");
     char name[160];
-    double *out = calloc((size_t)out_numel, sizeof(double));
-    KVF_CHECK_NULL(out, KVF_ERR_OOM, "convert: out of memory");
+    double *out = grow((void **)&sc->out, &sc->n_out, (size_t)(out_numel ? out_numel : 1), sizeof(double));
+    if (!out) return NULL;
+    memset(out, 0, sizeof(double) * (size_t)out_numel);
     if (o->to == KVF_CONVERT_CLA) { /* mean over the group's layers, as cla.c computes it */
         int end = p + 1, src[KVF_MAX_LAYERS], cnt[KVF_MAX_LAYERS], ns = 0, total = 0;
         while (end < c->n_layers && nc->kv_source[end] == p) end++;
@@ -164,24 +198,21 @@ static double *transform(const kvf_st_dir *d, const kvf_model_config *c, const k
         }
         for (int j = 0; j < ns; j++) {
             const kvf_st_tensor *t = kvf_st_dir_find(d, kvf_cv_name(name, sizeof name, src[j], what));
-            double *v = t ? read_f64(t) : NULL;
+            double *v = t ? read_f64(t, sc) : NULL;
             if (!v) {
                 if (!t) kvf_error_set(KVF_ERR_FORMAT, "convert: missing tensor %s", name);
-                free(out);
                 return NULL;
             }
             double f = (double)cnt[j] / total;
             for (int64_t e = 0; e < out_numel; e++) out[e] = ns == 1 ? v[e] : out[e] + f * v[e];
-            free(v);
             kvf_st_dir_release(d, t);
         }
         return out;
     }
     const kvf_st_tensor *t = kvf_st_dir_find(d, kvf_cv_name(name, sizeof name, p, what));
-    double *v = t ? read_f64(t) : NULL;
+    double *v = t ? read_f64(t, sc) : NULL;
     if (!v) {
         if (!t) kvf_error_set(KVF_ERR_FORMAT, "convert: missing tensor %s", name);
-        free(out);
         return NULL;
     }
     struct kvf_cv_groups G;
@@ -196,9 +227,20 @@ static double *transform(const kvf_st_dir *d, const kvf_model_config *c, const k
     kvf_cv_random_rng(&r, o->seed, p, is_k ? 0 : 1);
     double std = pool == KVF_CV_POOL_RANDOM && !is_bias ? kvf_cv_std(v, t->numel) : 0;
     kvf_cv_pool_rows(&G, pool, rph, cols, v, out, is_bias, &r, std);
-    free(v);
     kvf_st_dir_release(d, t);
     return out;
+}
+
+/* Writes the doubles v as the planned tensor name. Below f64 they are rounded to f32 first,
+ * in a tight loop here, as the in-memory path does (f32 parameters, saved as bf16/f16 from
+ * those): the same bytes as both the writer's own f64 conversion and kvf_checkpoint_save. */
+static kvf_status put_f64(kvf_st_stream *st, const char *name, kvf_dtype dtype, const double *v, int64_t numel,
+                          struct scratch *sc) {
+    if (dtype == KVF_DTYPE_F64) return kvf_st_stream_put(st, name, KVF_DTYPE_F64, v);
+    float *f = grow((void **)&sc->f32, &sc->n_f32, (size_t)(numel ? numel : 1), sizeof(float));
+    if (!f) return kvf_error_code();
+    for (int64_t i = 0; i < numel; i++) f[i] = (float)v[i];
+    return kvf_st_stream_put(st, name, KVF_DTYPE_F32, f);
 }
 
 static double now(void) {
@@ -214,6 +256,7 @@ kvf_status kvf_cv_stream(const char *src_dir, const kvf_model_config *c, const k
     kvf_st_dir *d = NULL;
     kvf_st_writer *w = NULL;
     kvf_st_stream *st = NULL;
+    struct scratch sc = {0};
     kvf_status s = sl && dl ? KVF_OK : kvf_error_set(KVF_ERR_OOM, "convert: out of memory");
     int ns = s == KVF_OK ? kvf_cv_param_list(c, sl, cap) : -1, nd = ns >= 0 ? kvf_cv_param_list(nc, dl, cap) : -1;
     if (s == KVF_OK && (ns < 0 || nd < 0)) s = kvf_error_code();
@@ -250,14 +293,16 @@ kvf_status kvf_cv_stream(const char *src_dir, const kvf_model_config *c, const k
                 fprintf(log, "layer %d/%d written (%.1f s)\n", cur_layer + 1, c->n_layers, now() - t0);
             cur_layer = layer;
         }
+        /* past the layers (final norm, lm_head): the K/V buffers are done with; freeing them
+         * keeps them out of the peak that copying lm_head's pages adds */
+        if (layer < 0) scratch_free(&sc);
         bool kv = what[0] && (!strncmp(what, "k_proj.", 7) || !strncmp(what, "v_proj.", 7));
         bool changed = kv && (o->to != KVF_CONVERT_CLA || strcmp(o->method, "mean") == 0);
         if (kv && changed) {
             int64_t numel = dl[i].shape[0] * (dl[i].ndim > 1 ? dl[i].shape[1] : 1);
-            double *v = transform(d, c, nc, o, layer, what, numel);
+            double *v = transform(d, c, nc, o, layer, what, numel, &sc);
             if (!v) s = kvf_error_code();
-            else s = kvf_st_stream_put(st, dl[i].name, KVF_DTYPE_F64, v);
-            free(v);
+            else s = put_f64(st, dl[i].name, dtype, v, numel, &sc);
         } else {
             const kvf_st_tensor *t = kvf_st_dir_find(d, dl[i].name);
             if (!t) s = kvf_error_set(KVF_ERR_FORMAT, "%s: missing tensor '%s'", src_dir, dl[i].name);
@@ -275,6 +320,7 @@ kvf_status kvf_cv_stream(const char *src_dir, const kvf_model_config *c, const k
     kvf_st_stream_abort(st);
     kvf_st_writer_free(w);
     kvf_st_dir_close(d);
+    scratch_free(&sc);
     free(sl);
     free(dl);
     return s;
