@@ -276,9 +276,11 @@ kvf_status kvf_cv_stream(const char *src_dir, const kvf_model_config *c, const k
         }
     }
     if (s == KVF_OK && !(st = kvf_st_stream_begin(w, out_dir, SHARD_BYTES))) s = kvf_error_code();
-    if (s == KVF_OK && log)
+    if (s == KVF_OK && log) {
         fprintf(log, "streaming %d tensors (%.2f GB as %s) from %s\n", nd, (double)kvf_st_writer_data_bytes(w) / 1e9,
                 kvf_st_dtype_name(dtype), src_dir);
+        fflush(log);
+    }
     double t0 = now();
     int cur_layer = -1;
     for (int i = 0; s == KVF_OK && i < nd; i++) {
@@ -289,8 +291,10 @@ kvf_status kvf_cv_stream(const char *src_dir, const kvf_model_config *c, const k
             if (sscanf(dl[i].name, "model.layers.%d.", &layer) != 1) layer = -1;
         }
         if (layer != cur_layer) {
-            if (cur_layer >= 0 && log)
+            if (cur_layer >= 0 && log) {
                 fprintf(log, "layer %d/%d written (%.1f s)\n", cur_layer + 1, c->n_layers, now() - t0);
+                fflush(log); /* progress must show as it happens, also when log is a pipe or file */
+            }
             cur_layer = layer;
         }
         /* past the layers (final norm, lm_head): the K/V buffers are done with; freeing them
