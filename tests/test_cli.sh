@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The kvforge command line end to end: exit codes, error messages naming files, and the
-# train → resume → eval → info → generate → plot → prepare → tokenize path on a tiny model.
+# train → resume → eval → info → generate → plot → prepare → tokenize path on a tiny model,
+# then convert (GQA → MQA → CLA, calib, --eval) and its errors on that model.
 # Usage: test_cli.sh KVFORGE_BINARY  (CTest passes it). Prints "N passed, M failed".
 set -u
 K=$1
@@ -67,6 +68,65 @@ head -c 2000 "$T/runs/r/checkpoint/model.safetensors" > "$T/trunc.safetensors"
 mkdir -p "$T/broken" && cp "$T/runs/r/checkpoint/config.json" "$T/runs/r/checkpoint/kvforge_tokenizer.json" "$T/broken/" \
   && cp "$T/trunc.safetensors" "$T/broken/model.safetensors"
 check truncated 1 "$K" eval --model "$T/broken" --data "$T/corpus.txt"; has truncated-msg "model.safetensors"
+
+# convert: the trained GQA model (4 query heads, 2 KV heads, 2 layers) → MQA → CLA, and errors
+M="$T/runs/r/checkpoint"
+no_out() { # no_out NAME DIR : DIR was not created and no hidden temp folder is left beside it
+  if [ ! -e "$2" ] && ! ls -A "$(dirname "$2")" | grep -q "^\.$(basename "$2")\.convert\."; then pass=$((pass+1))
+  else fail=$((fail+1)); echo "FAIL $1: $2 or its temp folder exists"; fi
+}
+check convert-help 0 "$K" convert --help;      has convert-usage "usage: kvforge convert"
+check convert-mqa 0 "$K" convert --model "$M" --out "$T/cv-mqa" --to mqa
+has convert-kv-line "KV cache: 128 → 64 bytes per token (50.0% less)"
+has convert-streams "streaming tensor by tensor"
+check convert-chain 0 "$K" convert --model "$T/cv-mqa" --out "$T/cv-cla" --to cla --share 2 --method mean
+has convert-chain-kv "KV cache: 64 → 32 bytes per token (50.0% less)"
+check convert-eval 0 "$K" convert --model "$M" --out "$T/cv-cla2" --to cla --producers 0 --eval "$T/corpus.txt" --seq-len 16 --eval-tokens 400
+has convert-eval-loss "val loss: before [0-9.]* (ppl [0-9.]*) → after [0-9.]* (ppl [0-9.]*) on 384 tokens"
+check convert-calib 0 "$K" convert --model "$M" --out "$T/cv-calib" --to mqa --method calib --calib "$T/corpus.txt" --calib-tokens 256 --calib-seq-len 32
+has convert-calib-msg "calibration: 256 tokens"
+for d in cv-mqa cv-cla cv-calib; do
+  check "info-$d" 0 "$K" info --model "$T/$d" --json
+  case $d in cv-mqa|cv-calib) has "info-$d-kv" '"kv_bytes_per_token": 64';; cv-cla) has "info-$d-kv" '"kv_bytes_per_token": 32';; esac
+  check "eval-$d" 0 "$K" eval --model "$T/$d" --data "$T/corpus.txt" --seq-len 16 --max-tokens 200 --json
+  has "eval-$d-json" '"tokens": 192'
+  check "generate-$d" 0 "$K" generate --model "$T/$d" --prompt "the king" --max-new 5 --seed 1
+  has "generate-$d-prompt" "the king"
+done
+# usage errors: exit 2, a message naming the option, no output
+check convert-no-to 2 "$K" convert --model "$M" --out "$T/cv-x"; has convert-no-to-msg "kvforge: error: .*--to"
+check convert-bad-to 2 "$K" convert --model "$M" --out "$T/cv-x" --to moe; has convert-bad-to-msg "kvforge: error: --to must be"
+check convert-divide 2 "$K" convert --model "$M" --out "$T/cv-x" --to gqa --kv-heads 3
+has convert-divide-msg "kvforge: error: .*--kv-heads 3 does not divide the 4 query heads"
+check convert-same 2 "$K" convert --model "$M" --out "$T/cv-x" --to gqa --kv-heads 2; has convert-same-msg "--kv-heads 2"
+check convert-no-calib 2 "$K" convert --model "$M" --out "$T/cv-x" --to mqa --method calib
+has convert-no-calib-msg "kvforge: error: .*needs calibration text: --calib PATH"
+check convert-producers 2 "$K" convert --model "$M" --out "$T/cv-x" --to cla --producers 1
+has convert-producers-msg "kvforge: error: .*--producers '1' must start with layer 0"
+check convert-producers-range 2 "$K" convert --model "$M" --out "$T/cv-x" --to cla --producers 0,5
+has convert-producers-range-msg "layer 5 is out of range"
+check convert-mla-rank 2 "$K" convert --model "$M" --out "$T/cv-x" --to mla --kv-rank 999 --rope-dim 4 --style partial-rope --rope-select high
+has convert-mla-rank-msg "kvforge: error: .*--kv-rank 999 is above the maximum"
+check convert-mla-no-rope-dim 2 "$K" convert --model "$M" --out "$T/cv-x" --to mla --kv-rank 8
+has convert-mla-no-rope-dim-msg "--rope-dim"
+no_out convert-usage-no-output "$T/cv-x"
+# runtime errors: exit 1
+mkdir -p "$T/cv-full" && echo keep > "$T/cv-full/keep.txt"
+check convert-out-exists 1 "$K" convert --model "$M" --out "$T/cv-full" --to mqa
+has convert-out-exists-msg "kvforge: error: .*--out .*cv-full.*not empty"
+[ "$(ls -A "$T/cv-full")" = "keep.txt" ] && pass=$((pass+1)) || { fail=$((fail+1)); echo "FAIL convert-out-untouched"; }
+check convert-truncated 1 "$K" convert --model "$T/broken" --out "$T/cv-x" --to mqa
+has convert-truncated-msg "kvforge: error: .*model.safetensors"
+no_out convert-truncated-no-output "$T/cv-x"
+check convert-truncated-mem 1 "$K" convert --model "$T/broken" --out "$T/cv-x" --to mqa --eval "$T/corpus.txt"
+no_out convert-truncated-mem-no-output "$T/cv-x"
+check convert-missing 1 "$K" convert --model "$T/none" --out "$T/cv-x" --to mqa; has convert-missing-msg "none"
+GPT2="${KVF_SHARED:-$(dirname "$0")/../../shared}/fixtures/tiny-gpt2"
+if [ -f "$GPT2/config.json" ]; then
+  check convert-gpt2-mla 1 "$K" convert --model "$GPT2" --out "$T/cv-x" --to mla --kv-rank 8 --rope-dim 4
+  has convert-gpt2-mla-msg "kvforge: error: .*--to mla: the source has no RoPE"
+  no_out convert-gpt2-no-output "$T/cv-x"
+fi
 
 echo "cli: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
