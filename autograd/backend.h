@@ -52,6 +52,25 @@ struct kvf_gemm_args {
 };
 typedef struct kvf_gemm_args kvf_gemm_args;
 
+/* One parameter's slice of the flat buffers for the fused AdamW update: elements
+ * [offset, offset + numel), its learning rate (lr · lr_mult) and weight decay. */
+struct kvf_adamw_seg {
+    int64_t offset, numel;
+    double lr, weight_decay;
+};
+
+/* AdamW (torch.optim.AdamW semantics) over flat f32 buffers p, g, m, v, one segment per
+ * parameter: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g², p ← p·(1 − lr·wd) −
+ * (lr/bc1)·m / (sqrt(v)/bc2_sqrt + eps), arithmetic in double as on the CPU. */
+struct kvf_adamw_args {
+    float *p, *m, *v;
+    const float *g;
+    const struct kvf_adamw_seg *segs; /* host array */
+    int n_segs;
+    double beta1, beta2, eps, bc1, bc2_sqrt;
+};
+typedef struct kvf_adamw_args kvf_adamw_args;
+
 struct kvf_backend {
     const char *name;
     kvf_device device;
@@ -115,7 +134,8 @@ struct kvf_backend {
                                      const kvf_attn_cfg *cfg);
 
     /* logits [N, V], targets i32 [N]; loss [1] = mean over targets != ignore_index
-     * (0 when none); lse [N] in the compute dtype (f64 for f64 logits, else f32).
+     * (0 when none); loss, dloss and lse [N] in the compute dtype (f64 for f64 logits,
+     * else f32, also for bf16 logits).
      * Backward: dlogits += (softmax − onehot)·dloss/count. */
     kvf_status (*cross_entropy)(kvf_tensor *loss, kvf_tensor *lse, const kvf_tensor *logits,
                                 const kvf_tensor *targets, int64_t ignore_index);
@@ -132,11 +152,24 @@ struct kvf_backend {
     kvf_status (*swiglu)(kvf_tensor *out, const kvf_tensor *gate, const kvf_tensor *up);
     kvf_status (*swiglu_backward)(kvf_tensor *dgate, kvf_tensor *dup, const kvf_tensor *gate,
                                   const kvf_tensor *up, const kvf_tensor *dout);
+
+    /* Optional (NULL where a backend has none; the CPU optimizer and clipping keep their own
+     * loops). Fused AdamW step over device buffers (see kvf_adamw_args), and the sum of
+     * squares of a contiguous f32 tensor in double with a fixed reduction order (gradient
+     * norm: same bits run to run). */
+    kvf_status (*adamw)(const kvf_adamw_args *a);
+    kvf_status (*sum_squares)(const kvf_tensor *x, double *out);
 };
 typedef struct kvf_backend kvf_backend;
 
 /* The backend for a device, or NULL (error set) if it is not built in / no device found. */
 const kvf_backend *kvf_backend_get(kvf_device device);
 const kvf_backend *kvf_backend_cpu(void);
+
+/* A persistent, zeroed tensor owning storage on a device (the CPU: as kvf_tensor_init_owned);
+ * kvf_tensor_free_owned releases it through that device's backend. NULL (error set, naming
+ * the bytes asked for) on failure. */
+kvf_tensor *kvf_tensor_init_owned_on(kvf_device device, kvf_dtype dtype, int ndim,
+                                     const int64_t *shape);
 
 #endif

@@ -105,8 +105,9 @@ kvf_tensor *kvf_cross_entropy(kvf_ctx *ctx, kvf_tensor *logits, kvf_tensor *targ
     targets = kvf_contiguous(ctx, targets);
     if (!logits || !targets) return NULL;
     if (!check_range(op, "targets", targets, V, true, ignore_index)) return NULL;
-    kvf_tensor *loss = kvf_tensor_new(ctx, logits->dtype, 1, (int64_t[]){1});
+    /* loss and lse in the compute dtype: f64 for f64 logits, else f32 (bf16 logits too) */
     kvf_dtype st = logits->dtype == KVF_DTYPE_F64 ? KVF_DTYPE_F64 : KVF_DTYPE_F32;
+    kvf_tensor *loss = kvf_tensor_new(ctx, st, 1, (int64_t[]){1});
     kvf_tensor *lse = loss ? kvf_tensor_new(ctx, st, 1, &N) : NULL;
     if (!lse) return NULL;
     kvf_tensor lv = as_2d(logits, N, V), tv = as_1d(targets);

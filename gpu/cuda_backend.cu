@@ -222,6 +222,8 @@ static void table_init(void) {
     t->embedding_backward = kvf_cuda_embedding_backward;
     t->swiglu = kvf_cuda_swiglu;
     t->swiglu_backward = kvf_cuda_swiglu_backward;
+    t->adamw = kvf_cuda_adamw;
+    t->sum_squares = kvf_cuda_sum_squares;
 }
 
 static void once(void) {

@@ -244,6 +244,10 @@ kvf_status kvf_cuda_embedding(kvf_tensor *out, const kvf_tensor *weight, const k
 kvf_status kvf_cuda_embedding_backward(kvf_tensor *dweight, const kvf_tensor *ids,
                                        const kvf_tensor *dout);
 
+/* cuda_optim.cu */
+kvf_status kvf_cuda_adamw(const kvf_adamw_args *a);
+kvf_status kvf_cuda_sum_squares(const kvf_tensor *x, double *out);
+
 /* cuda_attention.cu */
 kvf_status kvf_cuda_attention(kvf_tensor *out, kvf_tensor *lse, const kvf_tensor *q,
                               const kvf_tensor *k, const kvf_tensor *v, const kvf_attn_cfg *cfg);

@@ -64,6 +64,20 @@ __global__ void k_copy_convert(kvf_view4 d, int ddt, kvf_view4 s, int sdt, int64
     }
 }
 
+/* Contiguous f32 <-> bf16 (mixed precision: weight casts, gradient casts back): flat, two
+ * elements per thread step, the same rounding as k_copy_convert (bf16 → f32 is exact, f32
+ * → bf16 rounds to nearest even). */
+__global__ void k_f32_to_bf16(__nv_bfloat16 *d, const float *s, int64_t n) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
+         e += (int64_t)gridDim.x * blockDim.x)
+        d[e] = __float2bfloat16_rn(s[e]);
+}
+__global__ void k_bf16_to_f32(float *d, const __nv_bfloat16 *s, int64_t n) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
+         e += (int64_t)gridDim.x * blockDim.x)
+        d[e] = __bfloat162float(s[e]);
+}
+
 kvf_status kvf_cuda_copy(kvf_tensor *dst, const kvf_tensor *src) {
     if (!kvf_tensor_same_shape(dst, src))
         return kvf_error_set(KVF_ERR_SHAPE, "copy: %s into %s", KVF_CDESC(src), KVF_CDESC(dst));
@@ -82,8 +96,22 @@ kvf_status kvf_cuda_copy(kvf_tensor *dst, const kvf_tensor *src) {
                "copy %s", KVF_CDESC(src));
         return KVF_OK;
     }
-    kvf_view4 d = kvf_cuda_view(dst), s = kvf_cuda_view(src);
     unsigned blocks = kvf_cuda_blocks(n, EW_THREADS);
+    if (kvf_tensor_is_contiguous(dst) && kvf_tensor_is_contiguous(src)) {
+        if (dst->dtype == KVF_DTYPE_BF16 && src->dtype == KVF_DTYPE_F32) {
+            k_f32_to_bf16<<<blocks, EW_THREADS, 0, KVF_STREAM>>>(
+                (__nv_bfloat16 *)kvf_tensor_data(dst), (const float *)kvf_tensor_data(src), n);
+            KVF_LAUNCH("f32_to_bf16", "copy %s into %s", KVF_CDESC(src), KVF_CDESC(dst));
+            return KVF_OK;
+        }
+        if (dst->dtype == KVF_DTYPE_F32 && src->dtype == KVF_DTYPE_BF16) {
+            k_bf16_to_f32<<<blocks, EW_THREADS, 0, KVF_STREAM>>>(
+                (float *)kvf_tensor_data(dst), (const __nv_bfloat16 *)kvf_tensor_data(src), n);
+            KVF_LAUNCH("bf16_to_f32", "copy %s into %s", KVF_CDESC(src), KVF_CDESC(dst));
+            return KVF_OK;
+        }
+    }
+    kvf_view4 d = kvf_cuda_view(dst), s = kvf_cuda_view(src);
     if (dst->dtype == src->dtype) {
         switch (kvf_dtype_size(dst->dtype)) {
         case 2: k_copy_same<uint16_t><<<blocks, EW_THREADS, 0, KVF_STREAM>>>(d, s, n); break;
@@ -203,6 +231,15 @@ __global__ void k_unary(int op, double alpha, kvf_view4 o, kvf_view4 x, int64_t 
     }
 }
 
+template <class T>
+__global__ void k_unary_flat(int op, double alpha, T *o, const T *x, int64_t n) {
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        float v = kvf_ld(x + e);
+        kvf_st(o + e, op == KVF_UNOP_SCALE ? (float)(alpha * (double)v) : unop_apply(op, v));
+    }
+}
+
 /* dx += f'(x)·dy; x unused for SCALE. */
 template <class T>
 __global__ void k_unary_bw(int op, double alpha, kvf_view4 dx, kvf_view4 x, kvf_view4 dy,
@@ -226,8 +263,12 @@ template <class T>
 static kvf_status unary_t(kvf_unop op, kvf_tensor *out, const kvf_tensor *x, double alpha) {
     int64_t n = kvf_tensor_numel(out);
     if (n == 0) return KVF_OK;
-    k_unary<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
-        (int)op, alpha, kvf_cuda_view(out), kvf_cuda_view(x), n);
+    if (all_contig_same(out, x, NULL)) /* e.g. gradient clipping over the flat buffer */
+        k_unary_flat<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
+            (int)op, alpha, (T *)kvf_tensor_data(out), (const T *)kvf_tensor_data(x), n);
+    else
+        k_unary<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
+            (int)op, alpha, kvf_cuda_view(out), kvf_cuda_view(x), n);
     KVF_LAUNCH("unary", "unary op %d on %s", (int)op, KVF_CDESC(out));
     return KVF_OK;
 }

@@ -3,8 +3,9 @@
  * Cross-entropy forward: one block per row runs an online log-sum-exp over the vocabulary
  * (each thread keeps a running max and sum; the block combines them in a fixed order), so
  * no probability row is ever stored. Row losses go to scratch; one block sums them in
- * row order (in double) and writes loss = mean over kept rows to the [1] tensor on the
- * device: no host synchronisation. Backward reads dloss from the device and recounts the
+ * row order (in double) and writes loss = mean over kept rows to the f32 [1] tensor on the
+ * device (f32 for bf16 logits too, as PyTorch's logits.float() would give): no host
+ * synchronisation. Backward reads dloss from the device and recounts the
  * kept rows on the device: dlogits += (exp(x − lse) − onehot)·dloss/count.
  *
  * Embedding backward is deterministic without float atomics: the (id, position) pairs
@@ -78,8 +79,7 @@ __global__ void k_ce_rows(float *lse, float *row_loss, const T *logits, const in
     }
 }
 
-template <class T>
-__global__ void k_ce_total(T *loss, const float *row_loss, const int32_t *targets, int64_t N,
+__global__ void k_ce_total(float *loss, const float *row_loss, const int32_t *targets, int64_t N,
                            int64_t ignore_index) {
     __shared__ double shd[1024];
     __shared__ long long shc[1024];
@@ -100,7 +100,7 @@ __global__ void k_ce_total(T *loss, const float *row_loss, const int32_t *target
         }
         __syncthreads();
     }
-    if (threadIdx.x == 0) kvf_st(loss, shc[0] ? (float)(shd[0] / (double)shc[0]) : 0.0f);
+    if (threadIdx.x == 0) *loss = shc[0] ? (float)(shd[0] / (double)shc[0]) : 0.0f;
 }
 
 template <class T>
@@ -114,11 +114,11 @@ static kvf_status ce_t(kvf_tensor *loss, kvf_tensor *lse, const kvf_tensor *logi
             (float *)kvf_tensor_data(lse), row, (const T *)kvf_tensor_data(logits),
             (const int32_t *)kvf_tensor_data(targets), V, ignore_index);
         KVF_LAUNCH("ce_rows", "cross_entropy %s", KVF_CDESC(logits));
-        k_ce_total<T><<<1, 1024, 0, KVF_STREAM>>>((T *)kvf_tensor_data(loss), row,
+        k_ce_total<<<1, 1024, 0, KVF_STREAM>>>((float *)kvf_tensor_data(loss), row,
                                                  (const int32_t *)kvf_tensor_data(targets), N,
                                                  ignore_index);
     } else {
-        k_ce_total<T><<<1, 1024, 0, KVF_STREAM>>>((T *)kvf_tensor_data(loss), NULL, NULL, 0,
+        k_ce_total<<<1, 1024, 0, KVF_STREAM>>>((float *)kvf_tensor_data(loss), NULL, NULL, 0,
                                                  ignore_index);
     }
     KVF_LAUNCH("ce_total", "cross_entropy %s", KVF_CDESC(logits));
@@ -128,10 +128,10 @@ static kvf_status ce_t(kvf_tensor *loss, kvf_tensor *lse, const kvf_tensor *logi
 kvf_status kvf_cuda_cross_entropy(kvf_tensor *loss, kvf_tensor *lse, const kvf_tensor *logits,
                                   const kvf_tensor *targets, int64_t ignore_index) {
     if (lse->dtype != KVF_DTYPE_F32 || targets->dtype != KVF_DTYPE_I32 || logits->ndim != 2 ||
-        loss->dtype != logits->dtype)
+        loss->dtype != KVF_DTYPE_F32)
         return kvf_error_set(KVF_ERR_DTYPE, "cross_entropy: logits %s, targets %s, lse %s, loss "
                              "%s: the CUDA kernel takes [N, V] logits, i32 targets, f32 lse and "
-                             "a loss in the logits' dtype", KVF_CDESC(logits), KVF_CDESC(targets),
+                             "an f32 loss", KVF_CDESC(logits), KVF_CDESC(targets),
                              KVF_CDESC(lse), KVF_CDESC(loss));
     if (!kvf_tensor_is_contiguous(logits) || !kvf_tensor_is_contiguous(targets))
         return kvf_error_set(KVF_ERR_ARG, "cross_entropy: logits %s and targets must be contiguous",
@@ -157,12 +157,12 @@ __global__ void k_ce_count(int64_t *count, const int32_t *targets, int64_t N, in
 
 template <class T>
 __global__ void k_ce_bw(T *dl, const T *logits, const float *lse, const int32_t *targets,
-                        const T *dloss, const int64_t *count, int64_t V, int64_t ignore_index) {
+                        const float *dloss, const int64_t *count, int64_t V, int64_t ignore_index) {
     const int64_t row = blockIdx.x;
     const int64_t t = targets[row];
     const int64_t cnt = *count;
     if (t == ignore_index || cnt == 0) return;
-    const float g = (float)((double)kvf_ld(dloss) / (double)cnt);
+    const float g = (float)((double)*dloss / (double)cnt);
     const float l = lse[row];
     const T *xr = logits + row * V;
     T *dr = dl + row * V;
@@ -190,7 +190,7 @@ static kvf_status ce_bw_t(kvf_tensor *dlogits, const kvf_tensor *logits, const k
     k_ce_bw<T><<<dim3((unsigned)N, (unsigned)ncb), 256, 0, KVF_STREAM>>>(
         (T *)kvf_tensor_data(dlogits), (const T *)kvf_tensor_data(logits),
         (const float *)kvf_tensor_data(lse), (const int32_t *)kvf_tensor_data(targets),
-        (const T *)kvf_tensor_data(dloss), count, V, ignore_index);
+        (const float *)kvf_tensor_data(dloss), count, V, ignore_index);
     KVF_LAUNCH("ce_bw", "cross_entropy_backward %s", KVF_CDESC(logits));
     return KVF_OK;
 }
@@ -198,7 +198,7 @@ static kvf_status ce_bw_t(kvf_tensor *dlogits, const kvf_tensor *logits, const k
 kvf_status kvf_cuda_cross_entropy_backward(kvf_tensor *dlogits, const kvf_tensor *logits,
                                            const kvf_tensor *lse, const kvf_tensor *targets,
                                            const kvf_tensor *dloss, int64_t ignore_index) {
-    if (lse->dtype != KVF_DTYPE_F32 || dloss->dtype != logits->dtype ||
+    if (lse->dtype != KVF_DTYPE_F32 || dloss->dtype != KVF_DTYPE_F32 ||
         dlogits->dtype != logits->dtype || !kvf_tensor_is_contiguous(dlogits))
         return kvf_error_set(KVF_ERR_DTYPE, "cross_entropy_backward: logits %s, dlogits %s, lse "
                              "%s, dloss %s do not fit the CUDA kernel", KVF_CDESC(logits),

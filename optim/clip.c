@@ -2,19 +2,29 @@
 
 #include <math.h>
 
+#include "autograd/backend.h"
+
 /* Fixed chunk count: the partial sums (and their order) depend only on the buffer size. */
 #define NORM_CHUNKS 256
 #define CLIP_PAR_MIN 32768
 
-static kvf_status cpu_grads(const kvf_params *p, const char *what, kvf_tensor **out) {
+/* The flat gradient buffer; on a device, also its backend (NULL on the CPU). */
+static kvf_status grads_of(const kvf_params *p, const char *what, kvf_tensor **out,
+                           const kvf_backend **dev_be) {
     KVF_CHECK(p, KVF_ERR_ARG, "%s: NULL params", what);
     kvf_tensor *g = kvf_params_grads(p);
     KVF_CHECK(g, KVF_ERR_STATE, "%s: the parameters are not allocated", what);
-    KVF_CHECK(kvf_tensor_device(g) == KVF_DEVICE_CPU, KVF_ERR_UNSUPPORTED,
-              "%s: CPU gradients only for now, these are on %s", what,
-              kvf_device_name(kvf_tensor_device(g)));
     KVF_CHECK(g->dtype == KVF_DTYPE_F32 || g->dtype == KVF_DTYPE_F64, KVF_ERR_DTYPE,
               "%s: gradients are f32 or f64, not %s", what, kvf_dtype_name(g->dtype));
+    *dev_be = NULL;
+    if (kvf_tensor_device(g) != KVF_DEVICE_CPU) {
+        const kvf_backend *be = kvf_backend_get(kvf_tensor_device(g));
+        if (!be) return kvf_error_code();
+        KVF_CHECK(be->sum_squares && g->dtype == KVF_DTYPE_F32, KVF_ERR_UNSUPPORTED,
+                  "%s: %s gradients %s: the backend has no f32 norm kernel", what,
+                  kvf_device_name(kvf_tensor_device(g)), KVF_DESC(g));
+        *dev_be = be;
+    }
     *out = g;
     return KVF_OK;
 }
@@ -44,7 +54,14 @@ DEFINE_SUMSQ(double, f64)
 
 kvf_status kvf_grad_norm(const kvf_params *p, double *norm) {
     kvf_tensor *g = NULL;
-    KVF_TRY(cpu_grads(p, "grad norm", &g));
+    const kvf_backend *be = NULL;
+    KVF_TRY(grads_of(p, "grad norm", &g, &be));
+    if (be) {
+        double ss = 0;
+        KVF_TRY(be->sum_squares(g, &ss));
+        *norm = sqrt(ss);
+        return KVF_OK;
+    }
     int64_t n = kvf_tensor_numel(g);
     const void *x = kvf_tensor_data(g);
     double ss = g->dtype == KVF_DTYPE_F64 ? sumsq_f64(x, n) : sumsq_f32(x, n);
@@ -54,8 +71,10 @@ kvf_status kvf_grad_norm(const kvf_params *p, double *norm) {
 
 kvf_status kvf_grads_scale(kvf_params *p, double factor) {
     kvf_tensor *g = NULL;
-    KVF_TRY(cpu_grads(p, "grad scale", &g));
+    const kvf_backend *be = NULL;
+    KVF_TRY(grads_of(p, "grad scale", &g, &be));
     KVF_CHECK(isfinite(factor), KVF_ERR_ARG, "grad scale: factor must be finite, got %g", factor);
+    if (be) return be->unary(KVF_UNOP_SCALE, g, g, factor); /* elementwise, in place */
     int64_t n = kvf_tensor_numel(g);
     if (g->dtype == KVF_DTYPE_F64)
         scale_f64(kvf_tensor_data(g), n, factor);

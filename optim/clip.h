@@ -18,7 +18,8 @@ struct kvf_clip_info {
 };
 typedef struct kvf_clip_info kvf_clip_info;
 
-/* ‖g‖₂ over every parameter's gradient (CPU params, f32 or f64). */
+/* ‖g‖₂ over every parameter's gradient (CPU params f32 or f64; device params f32 through
+ * the backend's deterministic sum of squares). */
 kvf_status kvf_grad_norm(const kvf_params *p, double *norm);
 
 /* Norm, finiteness and, when max_norm > 0 and the norm is finite, clipping to max_norm.

@@ -1,8 +1,11 @@
 #include "optimizer.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "autograd/backend.h"
 
 /* Parameters below this many elements are updated on one thread. */
 #define OPTIM_PAR_MIN 32768
@@ -121,9 +124,18 @@ kvf_optimizer *kvf_optimizer_init(kvf_params *params, const kvf_optim_config *cf
     if (kvf_optim_config_validate(cfg) != KVF_OK) return NULL;
     kvf_tensor *values = kvf_params_values(params);
     KVF_CHECK_NULL(values, KVF_ERR_STATE, "optimizer: allocate the parameters (kvf_params_alloc) first");
-    KVF_CHECK_NULL(kvf_tensor_device(values) == KVF_DEVICE_CPU, KVF_ERR_UNSUPPORTED,
-                   "optimizer: the update runs on CPU parameters only, these are on %s",
-                   kvf_device_name(kvf_tensor_device(values)));
+    kvf_device dev = kvf_tensor_device(values);
+    if (dev != KVF_DEVICE_CPU) {
+        /* device parameters: the backend's fused AdamW over f32 masters and moments */
+        const kvf_backend *be = kvf_backend_get(dev);
+        if (!be) return NULL;
+        KVF_CHECK_NULL(cfg->kind == KVF_OPTIM_ADAMW && be->adamw, KVF_ERR_UNSUPPORTED,
+                       "optimizer: %s on %s parameters is not implemented (AdamW is; or train on "
+                       "the CPU)", kind_names[cfg->kind], kvf_device_name(dev));
+        KVF_CHECK_NULL(kvf_params_dtype(params) == KVF_DTYPE_F32, KVF_ERR_DTYPE,
+                       "optimizer: %s parameters must be f32 masters, not %s",
+                       kvf_device_name(dev), kvf_dtype_name(kvf_params_dtype(params)));
+    }
     int n = kvf_params_count(params);
     int64_t numel = kvf_params_numel(params);
     KVF_CHECK_NULL(n > 0 && numel > 0, KVF_ERR_ARG, "optimizer: no parameters to optimise");
@@ -150,10 +162,10 @@ kvf_optimizer *kvf_optimizer_init(kvf_params *params, const kvf_optim_config *cf
     int64_t shape[1] = {numel};
     bool need_m = cfg->kind == KVF_OPTIM_ADAMW || cfg->momentum != 0;
     bool need_v = cfg->kind == KVF_OPTIM_ADAMW;
-    if ((need_m && !(o->m = kvf_tensor_init_owned(dt, 1, shape))) ||
-        (need_v && !(o->v = kvf_tensor_init_owned(dt, 1, shape)))) {
+    if ((need_m && !(o->m = kvf_tensor_init_owned_on(dev, dt, 1, shape))) ||
+        (need_v && !(o->v = kvf_tensor_init_owned_on(dev, dt, 1, shape)))) {
         kvf_optimizer_free(o);
-        return NULL; /* error set by kvf_tensor_init_owned */
+        return NULL; /* error set by kvf_tensor_init_owned_on */
     }
     return o;
 }
@@ -234,6 +246,23 @@ kvf_status kvf_optimizer_step(kvf_optimizer *o, double lr) {
     const kvf_optim_config *c = &o->cfg;
     int64_t t = o->step + 1;
     double bc1 = 1.0 - pow(c->beta1, (double)t), bc2_sqrt = sqrt(1.0 - pow(c->beta2, (double)t));
+    if (kvf_tensor_device(pv) != KVF_DEVICE_CPU) {
+        /* one fused launch over every parameter (kvf_optimizer_init checked AdamW + f32) */
+        const kvf_backend *be = kvf_backend_get(kvf_tensor_device(pv));
+        if (!be) return kvf_error_code();
+        struct kvf_adamw_seg *segs = malloc(sizeof *segs * (size_t)o->n);
+        KVF_CHECK(segs, KVF_ERR_OOM, "optimizer: out of host memory");
+        for (int i = 0; i < o->n; i++)
+            segs[i] = (struct kvf_adamw_seg){o->slots[i].offset, o->slots[i].numel,
+                                             lr * o->slots[i].lr_mult, o->slots[i].wd};
+        kvf_adamw_args a = {.p = (float *)P, .m = (float *)M, .v = (float *)V, .g = (const float *)G,
+                            .segs = segs, .n_segs = o->n, .beta1 = c->beta1, .beta2 = c->beta2,
+                            .eps = c->eps, .bc1 = bc1, .bc2_sqrt = bc2_sqrt};
+        kvf_status st = be->adamw(&a);
+        free(segs);
+        if (st == KVF_OK) o->step = t;
+        return st;
+    }
     for (int i = 0; i < o->n; i++) {
         const struct param_slot *s = &o->slots[i];
         size_t off = (size_t)s->offset * es;

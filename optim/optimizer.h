@@ -3,8 +3,10 @@
  * momentum, dampening, nesterov and L2 weight decay). Per-parameter weight decay and lr
  * multiplier come from name rules: by default no decay on norms, biases and embeddings.
  * State (m, v: one flat buffer each, step count) is exposed for checkpoints so a resume is
- * bit-exact. CPU parameters (f32 or f64) for now; the update is elementwise and
- * deterministic for any thread count. The optimizer never zeroes gradients. */
+ * bit-exact. CPU parameters (f32 or f64): AdamW and SGD, elementwise and deterministic for
+ * any thread count. Device parameters (f32 masters, e.g. on CUDA): AdamW through the
+ * backend's fused kernel (one launch per step, the same double arithmetic), moments on the
+ * device. The optimizer never zeroes gradients. */
 #ifndef KVF_OPTIM_OPTIMIZER_H
 #define KVF_OPTIM_OPTIMIZER_H
 
@@ -44,7 +46,8 @@ const char *kvf_optim_kind_name(kvf_optim_kind kind);
 struct kvf_optimizer;
 typedef struct kvf_optimizer kvf_optimizer;
 
-/* params must be allocated (kvf_params_alloc) on the CPU and outlive the optimizer.
+/* params must be allocated (kvf_params_alloc) and outlive the optimizer; state lives on
+ * their device.
  * State buffers are allocated zeroed; step count 0. NULL (error set) on failure. */
 kvf_optimizer *kvf_optimizer_init(kvf_params *params, const kvf_optim_config *cfg);
 void           kvf_optimizer_free(kvf_optimizer *o);
@@ -64,8 +67,8 @@ kvf_status kvf_optimizer_param_settings(const kvf_optimizer *o, int i, double *w
 kvf_status kvf_optimizer_step(kvf_optimizer *o, double lr);
 
 /* Checkpoint hooks. m: AdamW exp_avg / SGD momentum_buffer (NULL for SGD without momentum);
- * v: AdamW exp_avg_sq (NULL for SGD). Both are 1-D CPU tensors of kvf_params_numel
- * elements in the params dtype, laid out like kvf_params_values; the names are the
+ * v: AdamW exp_avg_sq (NULL for SGD). Both are 1-D tensors of kvf_params_numel elements
+ * on the parameters' device, in the params dtype, laid out like kvf_params_values; the names are the
  * PyTorch state keys. Write saved state into them, then kvf_optimizer_set_step. */
 struct kvf_optim_state {
     kvf_tensor *m, *v;

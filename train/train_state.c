@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/backend.h"
 #include "model/safetensors.h"
 
 #define STATE_FILE "trainer_state.safetensors"
@@ -27,6 +28,21 @@ static bool hex_decode(const char *s, void *p, size_t n) {
     return true;
 }
 
+/* t itself on the CPU, else a host copy (free it with kvf_tensor_free_owned). */
+static kvf_status host_copy(kvf_tensor *t, kvf_tensor **out) {
+    *out = t;
+    if (kvf_tensor_device(t) == KVF_DEVICE_CPU) return KVF_OK;
+    kvf_tensor *h = kvf_tensor_init_owned(t->dtype, t->ndim, t->shape);
+    if (!h) return kvf_error_code();
+    kvf_status st = kvf_tensor_to_host(t, kvf_tensor_data(h), kvf_tensor_nbytes(h));
+    if (st != KVF_OK) {
+        kvf_tensor_free_owned(h);
+        return st;
+    }
+    *out = h;
+    return KVF_OK;
+}
+
 kvf_status kvf_train_state_save(const char *dir, const kvf_optimizer *opt, int64_t step,
                                 const kvf_batch_state *batch) {
     char path[4096], buf[64], hex[2 * sizeof(kvf_batch_state) + 1];
@@ -42,16 +58,21 @@ kvf_status kvf_train_state_save(const char *dir, const kvf_optimizer *opt, int64
     hex_encode(batch, sizeof *batch, hex);
     if (st == KVF_OK) st = kvf_st_writer_set_metadata(w, "kvforge.batch_state", hex);
     char mname[96], vname[96];
+    kvf_tensor *hm = NULL, *hv = NULL; /* host copies of device moments */
     if (st == KVF_OK && s.m) {
         snprintf(mname, sizeof mname, "optimizer.%s", s.m_name);
-        st = kvf_st_writer_add_tensor(w, mname, s.m, s.m->dtype);
+        st = host_copy(s.m, &hm);
+        if (st == KVF_OK) st = kvf_st_writer_add_tensor(w, mname, hm, hm->dtype);
     }
     if (st == KVF_OK && s.v) {
         snprintf(vname, sizeof vname, "optimizer.%s", s.v_name);
-        st = kvf_st_writer_add_tensor(w, vname, s.v, s.v->dtype);
+        st = host_copy(s.v, &hv);
+        if (st == KVF_OK) st = kvf_st_writer_add_tensor(w, vname, hv, hv->dtype);
     }
     if (st == KVF_OK) st = kvf_st_writer_write(w, path);
     kvf_st_writer_free(w);
+    if (hm != s.m) kvf_tensor_free_owned(hm);
+    if (hv != s.v) kvf_tensor_free_owned(hv);
     return st;
 }
 
@@ -64,7 +85,17 @@ static kvf_status load_moment(kvf_st_file *f, const char *path, kvf_tensor *dst,
     KVF_CHECK(t->numel == kvf_tensor_numel(dst), KVF_ERR_FORMAT,
               "%s: %s has %lld elements, the model's optimizer state %lld", path, full,
               (long long)t->numel, (long long)kvf_tensor_numel(dst));
-    return kvf_st_tensor_read(t, dst->dtype, kvf_tensor_data(dst), kvf_tensor_nbytes(dst));
+    if (kvf_tensor_device(dst) == KVF_DEVICE_CPU)
+        return kvf_st_tensor_read(t, dst->dtype, kvf_tensor_data(dst), kvf_tensor_nbytes(dst));
+    /* device moments: read on the host, then upload */
+    void *host = malloc(kvf_tensor_nbytes(dst) ? kvf_tensor_nbytes(dst) : 1);
+    KVF_CHECK(host, KVF_ERR_OOM, "%s: cannot allocate %zu bytes for %s", path,
+              kvf_tensor_nbytes(dst), full);
+    kvf_status st = kvf_st_tensor_read(t, dst->dtype, host, kvf_tensor_nbytes(dst));
+    const kvf_backend *be = st == KVF_OK ? kvf_backend_get(kvf_tensor_device(dst)) : NULL;
+    if (st == KVF_OK) st = be ? be->upload(kvf_tensor_data(dst), host, kvf_tensor_nbytes(dst)) : kvf_error_code();
+    free(host);
+    return st;
 }
 
 kvf_status kvf_train_state_load(const char *dir, kvf_optimizer *opt, kvf_train_state_info *info,
