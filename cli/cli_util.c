@@ -30,6 +30,19 @@ bool kvf_cli_parse_double(const char *flag, const char *s, double *out) {
     return true;
 }
 
+bool kvf_cli_parse_compute_dtype(const char *s, kvf_device dev, kvf_dtype *out) {
+    *out = dev == KVF_DEVICE_CPU ? KVF_DTYPE_F32 : KVF_DTYPE_BF16;
+    if (!s) return true;
+    if (!strcmp(s, "f32")) *out = KVF_DTYPE_F32;
+    else if (!strcmp(s, "bf16") && dev != KVF_DEVICE_CPU) *out = KVF_DTYPE_BF16;
+    else {
+        kvf_cli_fail(KVF_EXIT_USAGE, "--dtype must be f32%s, got '%s'",
+                     dev == KVF_DEVICE_CPU ? " on the CPU (bf16 needs --device cuda)" : " or bf16", s);
+        return false;
+    }
+    return true;
+}
+
 bool kvf_cli_parse_device(const char *s, kvf_device *out) {
     if (!strcmp(s, "cpu")) *out = KVF_DEVICE_CPU;
     else if (!strcmp(s, "cuda")) *out = KVF_DEVICE_CUDA;

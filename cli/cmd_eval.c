@@ -1,4 +1,5 @@
-/* kvforge eval --model DIR --data PATH [--seq-len W] [--max-tokens N] [--device cpu|cuda] [--json] */
+/* kvforge eval --model DIR --data PATH [--seq-len W] [--max-tokens N] [--device cpu|cuda]
+ *              [--dtype f32|bf16] [--json] */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -17,8 +18,9 @@ int kvf_cmd_eval(int argc, char **argv) {
         {"model", required_argument, 0, 'm'},  {"data", required_argument, 0, 'd'},
         {"seq-len", required_argument, 0, 'w'}, {"max-tokens", required_argument, 0, 'n'},
         {"device", required_argument, 0, 'D'}, {"batch-size", required_argument, 0, 'b'},
-        {"json", no_argument, 0, 'j'},         {0, 0, 0, 0}};
-    const char *model = NULL, *data = NULL, *device = "cpu";
+        {"json", no_argument, 0, 'j'},         {"dtype", required_argument, 0, 'T'},
+        {0, 0, 0, 0}};
+    const char *model = NULL, *data = NULL, *device = "cpu", *dtype = NULL;
     int64_t W = 0, max_tokens = 0, batch = 8;
     bool json = false;
     optind = 1;
@@ -31,6 +33,7 @@ int kvf_cmd_eval(int argc, char **argv) {
         case 'n': if (!kvf_cli_parse_i64("--max-tokens", optarg, 2, &max_tokens)) return KVF_EXIT_USAGE; break;
         case 'b': if (!kvf_cli_parse_i64("--batch-size", optarg, 1, &batch)) return KVF_EXIT_USAGE; break;
         case 'D': device = optarg; break;
+        case 'T': dtype = optarg; break;
         case 'j': json = true; break;
         default: return kvf_cli_fail(KVF_EXIT_USAGE, "eval: see kvforge eval --help");
         }
@@ -41,7 +44,16 @@ int kvf_cmd_eval(int argc, char **argv) {
     if (!kvf_cli_parse_device(device, &dev)) return KVF_EXIT_USAGE;
     kvf_tokenizer *tok = kvf_tokenizer_open(model);
     if (!tok) return kvf_cli_fail_lib("eval");
+    kvf_dtype cdt;
+    if (!kvf_cli_parse_compute_dtype(dtype, dev, &cdt)) {
+        kvf_tokenizer_free(tok);
+        return KVF_EXIT_USAGE;
+    }
     kvf_model *m = kvf_checkpoint_load(model, dev);
+    if (m && kvf_model_set_compute_dtype(m, cdt) != KVF_OK) {
+        kvf_model_free(m);
+        m = NULL;
+    }
     if (!m) {
         kvf_tokenizer_free(tok);
         return kvf_cli_fail_lib("eval");

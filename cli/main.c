@@ -19,7 +19,8 @@ static const struct kvf_command commands[] = {
      kvf_cmd_train},
     {"eval", "mean next-token loss and perplexity of a model on a text, JSONL or .bin file",
      "usage: kvforge eval --model DIR --data PATH [--seq-len W] [--max-tokens N]\n"
-     "                    [--device cpu|cuda] [--json]\n"
+     "                    [--device cpu|cuda] [--dtype f32|bf16] [--json]\n"
+     "  --dtype: compute dtype (default bf16 on cuda, f32 on the CPU; weights load as f32).\n"
      "  Windows of W input tokens start at 0, W, 2W, ... while start + W + 1 <= N; each\n"
      "  predicts its next W tokens. Prints loss (nats), ppl = exp(loss) and tokens.\n",
      kvf_cmd_eval},
@@ -54,7 +55,7 @@ static const struct kvf_command commands[] = {
      "usage: kvforge prepare --tokenizer FILE --out DIR INPUT...\n", kvf_cmd_prepare},
     {"generate", "sample text from a model",
      "usage: kvforge generate --model DIR --prompt TEXT [--max-new N] [--temperature T]\n"
-     "                        [--seed S]\n",
+     "                        [--top-k K] [--seed S] [--device cpu|cuda] [--dtype f32|bf16]\n",
      kvf_cmd_generate},
     {"plot", "loss curves of several runs in one SVG",
      "usage: kvforge plot METRICS.jsonl... -o OUT.svg\n", kvf_cmd_plot},

@@ -30,6 +30,7 @@ kvf_model *kvf_model_init(const kvf_model_config *cfg, kvf_device device) {
         free(m);
         return NULL;
     }
+    m->compute_dtype = m->cfg.param_dtype;
     const kvf_model_config *c = &m->cfg;
     m->params = kvf_params_init();
     if (m->params) kvf_params_set_dtype(m->params, c->param_dtype);
@@ -170,16 +171,25 @@ kvf_status kvf_model_init_weights(kvf_model *m, uint64_t seed) {
     return KVF_OK;
 }
 
-/* x [..., in] · Wᵀ (+ b) */
-static kvf_tensor *linear(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w, kvf_tensor *b) {
-    kvf_tensor *y = kvf_matmul(ctx, x, w, false, true);
-    return b ? kvf_add(ctx, y, b) : y;
+/* A parameter in the compute dtype: itself, or (mixed precision) a cast recorded on the
+ * tape, whose backward adds the gradient into the f32 master's. */
+static kvf_tensor *compute_w(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *w) {
+    if (!w || w->dtype == m->compute_dtype) return w;
+    return kvf_cast(ctx, w, m->compute_dtype);
 }
 
-static kvf_tensor *norm(const kvf_model_config *c, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
+/* x [..., in] · Wᵀ (+ b) */
+static kvf_tensor *linear(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
+                          kvf_tensor *b) {
+    kvf_tensor *y = kvf_matmul(ctx, x, compute_w(m, ctx, w), false, true);
+    return b ? kvf_add(ctx, y, compute_w(m, ctx, b)) : y;
+}
+
+static kvf_tensor *norm(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
                         kvf_tensor *b) {
-    return c->norm == KVF_NORM_RMS ? kvf_rmsnorm(ctx, x, w, c->norm_eps)
-                                   : kvf_layernorm(ctx, x, w, b, c->norm_eps);
+    const kvf_model_config *c = &m->cfg;
+    return c->norm == KVF_NORM_RMS ? kvf_rmsnorm(ctx, x, compute_w(m, ctx, w), c->norm_eps)
+                                   : kvf_layernorm(ctx, x, compute_w(m, ctx, w), compute_w(m, ctx, b), c->norm_eps);
 }
 
 static kvf_tensor *heads(kvf_ctx *ctx, kvf_tensor *x, int64_t B, int64_t T, int64_t h, int64_t d) {
@@ -208,20 +218,20 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
     bool prod = kvf_model_is_producer(c, l);
     kvf_tensor *q = NULL;
     if (c->attn == KVF_ATTN_STANDARD) {
-        q = heads(ctx, linear(ctx, h, L->q_w, L->q_b), B, T, nq, hd);
+        q = heads(ctx, linear(m, ctx, h, L->q_w, L->q_b), B, T, nq, hd);
         if (c->pos == KVF_POS_ROPE) q = kvf_rope(ctx, q, NULL, inv_freq, c->rope_layout);
         if (prod) {
-            kvf_tensor *k = heads(ctx, linear(ctx, h, L->k_w, L->k_b), B, T, nkv, hd);
+            kvf_tensor *k = heads(ctx, linear(m, ctx, h, L->k_w, L->k_b), B, T, nkv, hd);
             if (c->pos == KVF_POS_ROPE) k = kvf_rope(ctx, k, NULL, inv_freq, c->rope_layout);
             kv[l].k = k;
-            kv[l].v = heads(ctx, linear(ctx, h, L->v_w, L->v_b), B, T, nkv, vd);
+            kv[l].v = heads(ctx, linear(m, ctx, h, L->v_w, L->v_b), B, T, nkv, vd);
         }
     } else if (c->attn == KVF_ATTN_MLA) {
         int64_t nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, r = c->kv_lora_rank;
-        kvf_tensor *qf = L->q_a_w ? linear(ctx, kvf_rmsnorm(ctx, linear(ctx, h, L->q_a_w, NULL),
-                                                            L->q_a_norm, KVF_MLA_LATENT_NORM_EPS),
+        kvf_tensor *qf = L->q_a_w ? linear(m, ctx, kvf_rmsnorm(ctx, linear(m, ctx, h, L->q_a_w, NULL),
+                                                            compute_w(m, ctx, L->q_a_norm), KVF_MLA_LATENT_NORM_EPS),
                                            L->q_b_w, NULL)
-                                  : linear(ctx, h, L->q_w, NULL);
+                                  : linear(m, ctx, h, L->q_w, NULL);
         qf = heads(ctx, qf, B, T, nq, nope + rope);
         kvf_tensor *qp[2];
         if (!qf || kvf_split(ctx, qf, 3, (int64_t[]){nope, rope}, 2, qp) != KVF_OK) return NULL;
@@ -230,10 +240,10 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
         kvf_tensor *qcat[2] = {qp[0], q_pe};
         q = kvf_concat(ctx, qcat, 2, 3);
         if (prod) {
-            kvf_tensor *ckv = linear(ctx, h, L->kv_a_w, NULL), *cp[2];
+            kvf_tensor *ckv = linear(m, ctx, h, L->kv_a_w, NULL), *cp[2];
             if (!ckv || kvf_split(ctx, ckv, 2, (int64_t[]){r, rope}, 2, cp) != KVF_OK) return NULL;
-            kvf_tensor *lat = L->kv_a_norm ? kvf_rmsnorm(ctx, cp[0], L->kv_a_norm, KVF_MLA_LATENT_NORM_EPS) : cp[0];
-            kvf_tensor *kvb = heads(ctx, linear(ctx, lat, L->kv_b_w, NULL), B, T, nq, nope + vd), *kp[2];
+            kvf_tensor *lat = L->kv_a_norm ? kvf_rmsnorm(ctx, cp[0], compute_w(m, ctx, L->kv_a_norm), KVF_MLA_LATENT_NORM_EPS) : cp[0];
+            kvf_tensor *kvb = heads(ctx, linear(m, ctx, lat, L->kv_b_w, NULL), B, T, nq, nope + vd), *kp[2];
             if (!kvb || kvf_split(ctx, kvb, 3, (int64_t[]){nope, vd}, 2, kp) != KVF_OK) return NULL;
             kvf_tensor *k_pe = kvf_rope(ctx, heads(ctx, cp[1], B, T, 1, rope), NULL, mla_freq, c->rope_layout);
             kvf_tensor *kcat[2] = {kp[0], kvf_expand(ctx, k_pe, 4, (int64_t[]){B, T, nq, rope})};
@@ -242,7 +252,7 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
         }
     } else { /* partial-RoPE MLA: kept RoPE dims first in every head, per-head frequencies */
         int64_t pr = c->partial_rope_dim, g = nq / nkv;
-        q = heads(ctx, linear(ctx, h, L->q_w, NULL), B, T, nq, hd);
+        q = heads(ctx, linear(m, ctx, h, L->q_w, NULL), B, T, nq, hd);
         kvf_tensor *fk = NULL, *fq = NULL;
         if (pr) {
             const kvf_tensor *src = m->layers[c->kv_source[l]].rope_freqs;
@@ -252,11 +262,11 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
             q = kvf_rope(ctx, q, NULL, fq, KVF_ROPE_HALF);
         }
         if (prod) {
-            kvf_tensor *lat = linear(ctx, h, L->kv_a_w, NULL);
-            kvf_tensor *kvb = heads(ctx, linear(ctx, lat, L->kv_b_w, NULL), B, T, nkv, (hd - pr) + vd), *kp[2];
+            kvf_tensor *lat = linear(m, ctx, h, L->kv_a_w, NULL);
+            kvf_tensor *kvb = heads(ctx, linear(m, ctx, lat, L->kv_b_w, NULL), B, T, nkv, (hd - pr) + vd), *kp[2];
             if (!kvb || kvf_split(ctx, kvb, 3, (int64_t[]){hd - pr, vd}, 2, kp) != KVF_OK) return NULL;
             if (pr) {
-                kvf_tensor *kr = kvf_rope(ctx, heads(ctx, linear(ctx, h, L->k_rope_w, NULL), B, T, nkv, pr), NULL, fk, KVF_ROPE_HALF);
+                kvf_tensor *kr = kvf_rope(ctx, heads(ctx, linear(m, ctx, h, L->k_rope_w, NULL), B, T, nkv, pr), NULL, fk, KVF_ROPE_HALF);
                 kvf_tensor *kcat[2] = {kr, kp[0]};
                 kv[l].k = kvf_concat(ctx, kcat, 2, 3);
             } else {
@@ -269,7 +279,7 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
     kvf_attn_cfg acfg = {.scale = (float)c->softmax_scale, .causal = true, .window = c->window[l]};
     kvf_tensor *o = kvf_attention(ctx, q, src->k, src->v, &acfg);
     o = kvf_reshape(ctx, o, 3, (int64_t[]){B, T, nq * vd});
-    return linear(ctx, o, L->o_w, L->o_b);
+    return linear(m, ctx, o, L->o_w, L->o_b);
 }
 
 static kvf_tensor *mlp_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h) {
@@ -277,13 +287,14 @@ static kvf_tensor *mlp_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h) {
     const struct kvf_layer_weights *L = &m->layers[l];
     kvf_tensor *a;
     if (c->mlp == KVF_MLP_SWIGLU)
-        a = kvf_swiglu(ctx, linear(ctx, h, L->gate_w, L->gate_b), linear(ctx, h, L->up_w, L->up_b));
+        a = kvf_swiglu(ctx, linear(m, ctx, h, L->gate_w, L->gate_b), linear(m, ctx, h, L->up_w, L->up_b));
     else
-        a = kvf_gelu(ctx, linear(ctx, h, L->up_w, L->up_b), c->gelu_exact ? KVF_GELU_ERF : KVF_GELU_TANH);
-    return linear(ctx, a, L->down_w, L->down_b);
+        a = kvf_gelu(ctx, linear(m, ctx, h, L->up_w, L->up_b), c->gelu_exact ? KVF_GELU_ERF : KVF_GELU_TANH);
+    return linear(m, ctx, a, L->down_w, L->down_b);
 }
 
-kvf_tensor *kvf_model_forward(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids) {
+/* Logits [B, T, vocab] in the compute dtype. */
+static kvf_tensor *forward_logits(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids) {
     const kvf_model_config *c = &m->cfg;
     KVF_CHECK_NULL(ids && ids->ndim == 2 && ids->dtype == KVF_DTYPE_I32, KVF_ERR_SHAPE,
                    "model: ids must be i32 [B, T], got %s", KVF_DESC(ids));
@@ -291,33 +302,89 @@ kvf_tensor *kvf_model_forward(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids) {
     KVF_CHECK_NULL(T >= 1 && T <= c->max_seq_len, KVF_ERR_SHAPE,
                    "model: sequence length %lld exceeds max_seq_len %lld", (long long)T,
                    (long long)c->max_seq_len);
+    /* mixed precision: the lookup reads the f32 table (its gradient is scattered in f32),
+     * then the rows are cast */
     kvf_tensor *x = kvf_embedding(ctx, m->embed, ids);
+    if (x && x->dtype != m->compute_dtype) x = kvf_cast(ctx, x, m->compute_dtype);
     if (c->pos == KVF_POS_LEARNED) {
         kvf_tensor *p = kvf_slice(ctx, m->pos_embed, 0, 0, T);
-        x = kvf_add(ctx, x, p);
+        x = kvf_add(ctx, x, compute_w(m, ctx, p));
     }
     kvf_tensor *inv_freq = m->rope_inv_freq ? buffer(ctx, m->rope_inv_freq) : NULL;
     struct kv_pair *kv = kvf_ctx_alloc_host(ctx, sizeof(struct kv_pair) * (size_t)c->n_layers);
     if (!kv || !x) return NULL;
     for (int l = 0; l < c->n_layers; l++) {
         const struct kvf_layer_weights *L = &m->layers[l];
-        kvf_tensor *h = norm(c, ctx, x, L->ln1_w, L->ln1_b);
+        kvf_tensor *h = norm(m, ctx, x, L->ln1_w, L->ln1_b);
         if (h && m->hook && m->hook(l, h, m->hook_ud) != KVF_OK) return NULL;
         kvf_tensor *a = attention_block(m, ctx, l, h, kv, inv_freq);
         x = kvf_add(ctx, x, a);
-        kvf_tensor *f = mlp_block(m, ctx, l, norm(c, ctx, x, L->ln2_w, L->ln2_b));
+        kvf_tensor *f = mlp_block(m, ctx, l, norm(m, ctx, x, L->ln2_w, L->ln2_b));
         x = kvf_add(ctx, x, f);
         if (!x) return NULL;
     }
-    x = norm(c, ctx, x, m->norm_w, m->norm_b);
-    return kvf_matmul(ctx, x, m->lm_head, false, true);
+    x = norm(m, ctx, x, m->norm_w, m->norm_b);
+    return kvf_matmul(ctx, x, compute_w(m, ctx, m->lm_head), false, true);
+}
+
+kvf_tensor *kvf_model_forward(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids) {
+    kvf_tensor *logits = forward_logits(m, ctx, ids);
+    if (logits && logits->dtype != m->cfg.param_dtype) logits = kvf_cast(ctx, logits, m->cfg.param_dtype);
+    return logits;
 }
 
 kvf_tensor *kvf_model_loss(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids, kvf_tensor *targets) {
-    kvf_tensor *logits = kvf_model_forward(m, ctx, ids);
+    /* logits stay in the compute dtype: the loss is f32 either way (ops.h) */
+    kvf_tensor *logits = forward_logits(m, ctx, ids);
     if (!logits) return NULL;
     int64_t N = logits->shape[0] * logits->shape[1];
     kvf_tensor *flat = kvf_reshape(ctx, logits, 2, (int64_t[]){N, logits->shape[2]});
     kvf_tensor *t = kvf_reshape(ctx, targets, 1, (int64_t[]){N});
     return kvf_cross_entropy(ctx, flat, t, -100);
+}
+
+kvf_status kvf_model_set_compute_dtype(kvf_model *m, kvf_dtype dtype) {
+    KVF_CHECK(dtype == m->cfg.param_dtype || (dtype == KVF_DTYPE_BF16 && m->device != KVF_DEVICE_CPU),
+              KVF_ERR_DTYPE, "model: compute dtype %s with %s master weights on %s: the CPU "
+              "computes in the master dtype; bf16 needs a GPU", kvf_dtype_name(dtype),
+              kvf_dtype_name(m->cfg.param_dtype), kvf_device_name(m->device));
+    m->compute_dtype = dtype;
+    return KVF_OK;
+}
+
+kvf_model *kvf_model_to_device(const kvf_model *src, kvf_device device) {
+    kvf_model *m = kvf_model_init(&src->cfg, device);
+    if (!m) return NULL;
+    const kvf_backend *be = kvf_backend_get(device);
+    kvf_tensor *from = kvf_params_values(src->params), *to = kvf_params_values(m->params);
+    kvf_status st = be ? KVF_OK : kvf_error_code();
+    if (st == KVF_OK && kvf_params_numel(src->params) != kvf_params_numel(m->params))
+        st = kvf_error_set(KVF_ERR_STATE, "model: the copy on %s has %lld parameters, the source %lld",
+                           kvf_device_name(device), (long long)kvf_params_numel(m->params),
+                           (long long)kvf_params_numel(src->params));
+    if (st == KVF_OK) {
+        /* one transfer of the whole flat buffer (same registration order, same layout) */
+        size_t nb = kvf_tensor_nbytes(to);
+        if (kvf_tensor_device(from) == KVF_DEVICE_CPU) {
+            st = be->upload(kvf_tensor_data(to), kvf_tensor_data(from), nb);
+        } else {
+            void *host = malloc(nb ? nb : 1);
+            st = host ? kvf_tensor_to_host(from, host, nb)
+                      : kvf_error_set(KVF_ERR_OOM, "model: cannot allocate %zu host bytes for the copy", nb);
+            if (st == KVF_OK) st = be->upload(kvf_tensor_data(to), host, nb);
+            free(host);
+        }
+    }
+    /* buffers (host-side tables) */
+    for (int l = 0; st == KVF_OK && l < src->cfg.n_layers; l++) {
+        const kvf_tensor *a = src->layers[l].rope_freqs;
+        kvf_tensor *b = m->layers[l].rope_freqs;
+        if (a && b) memcpy(kvf_tensor_data(b), kvf_tensor_data(a), kvf_tensor_nbytes(b));
+    }
+    if (st != KVF_OK) {
+        kvf_model_free(m);
+        return NULL;
+    }
+    m->compute_dtype = m->cfg.param_dtype;
+    return m;
 }

@@ -31,6 +31,10 @@ struct kvf_model {
     struct kvf_layer_weights *layers;
     kvf_tensor *rope_inv_freq; /* [rope_dim/2] f32 buffer for standard attention */
     kvf_device device;
+    /* dtype the forward computes in: the master dtype (default), or bf16 on a GPU (mixed
+     * precision: each weight is cast once per forward, activations are bf16, norm
+     * statistics, softmax and the loss f32, gradients reach the f32 masters) */
+    kvf_dtype compute_dtype;
     kvf_layer_hook hook; /* NULL: none */
     void *hook_ud;
 };
@@ -40,13 +44,21 @@ typedef struct kvf_model kvf_model;
 kvf_model *kvf_model_init(const kvf_model_config *cfg, kvf_device device);
 void       kvf_model_free(kvf_model *m);
 
+/* A copy of src (same config, weights and buffers) with its parameters on device; compute
+ * dtype the master dtype. */
+kvf_model *kvf_model_to_device(const kvf_model *src, kvf_device device);
+
+/* Master dtype, or KVF_DTYPE_BF16 for a model on a GPU (KVF_ERR_DTYPE otherwise). */
+kvf_status kvf_model_set_compute_dtype(kvf_model *m, kvf_dtype dtype);
+
 /* GPT-2 / Llama-style initialisation: N(0, init_std) for matrices and embeddings,
  * residual output projections scaled by 1/sqrt(2·n_layers), norms 1, biases 0. */
 kvf_status kvf_model_init_weights(kvf_model *m, uint64_t seed);
 
-/* ids i32 [B, T] (T <= max_seq_len) → logits [B, T, vocab] (f32). */
+/* ids i32 [B, T] (T <= max_seq_len) → logits [B, T, vocab] in the master dtype. */
 kvf_tensor *kvf_model_forward(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids);
-/* Mean next-token cross-entropy of logits against targets i32 [B, T] (ignore -100). */
+/* Mean next-token cross-entropy of logits against targets i32 [B, T] (ignore -100); f32
+ * (f64 for f64 masters), whatever the compute dtype. */
 kvf_tensor *kvf_model_loss(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids, kvf_tensor *targets);
 
 #endif

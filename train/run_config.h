@@ -15,6 +15,7 @@ struct kvf_run_config {
     char out_dir[KVF_PATH_MAX];
     int64_t seed;
     char device[16];      /* cpu | cuda */
+    char dtype[16];       /* auto | f32 | bf16: compute dtype (masters stay f32) */
     /* model: base shape + attention variant name (model/variant.h) */
     kvf_model_config model;
     char attention[64];

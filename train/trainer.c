@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/backend.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
 #include "data/batch.h"
@@ -134,9 +135,9 @@ static kvf_status save(struct run *r) {
     return st;
 }
 
-static kvf_status resume(struct run *r) {
+static kvf_status resume(struct run *r, kvf_device dev) {
     snprintf(r->ckpt, sizeof r->ckpt, "%s/checkpoint", r->dir);
-    kvf_model *m = kvf_checkpoint_load(r->ckpt, KVF_DEVICE_CPU);
+    kvf_model *m = kvf_checkpoint_load(r->ckpt, dev);
     if (!m) return kvf_error_code();
     /* the checkpoint must be the run the config describes */
     kvf_model_config want = r->cfg->model;
@@ -162,8 +163,21 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
     kvf_status st = KVF_OK;
     memset(res, 0, sizeof *res);
     res->val_loss = NAN;
-    KVF_CHECK(!strcmp(cfg->device, "cpu"), KVF_ERR_UNSUPPORTED,
-              "%s: run.device %s: training runs on the CPU in this build", opts->config_path, cfg->device);
+    kvf_device dev = !strcmp(cfg->device, "cuda") ? KVF_DEVICE_CUDA : KVF_DEVICE_CPU;
+    KVF_CHECK(dev == KVF_DEVICE_CUDA || !strcmp(cfg->device, "cpu"), KVF_ERR_ARG,
+              "%s: run.device must be cpu or cuda, got '%s'", opts->config_path, cfg->device);
+    /* compute dtype: bf16 on a GPU unless asked otherwise; masters and moments stay f32 */
+    kvf_dtype cdt = dev == KVF_DEVICE_CUDA ? KVF_DTYPE_BF16 : KVF_DTYPE_F32;
+    if (!strcmp(cfg->dtype, "f32")) cdt = KVF_DTYPE_F32;
+    else if (!strcmp(cfg->dtype, "bf16")) cdt = KVF_DTYPE_BF16;
+    KVF_CHECK(!(cdt == KVF_DTYPE_BF16 && dev == KVF_DEVICE_CPU), KVF_ERR_ARG,
+              "%s: run.dtype bf16 needs run.device cuda (the CPU trains in f32)", opts->config_path);
+    if (dev != KVF_DEVICE_CPU && !kvf_backend_get(dev)) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s", kvf_error_message());
+        kvf_error_clear();
+        return kvf_error_set(KVF_ERR_DEVICE, "%s: run.device %s: %s", opts->config_path, cfg->device, msg);
+    }
 
     if (opts->resume_dir) snprintf(r->dir, sizeof r->dir, "%s", opts->resume_dir);
     else snprintf(r->dir, sizeof r->dir, "%s/%s", cfg->out_dir, cfg->name);
@@ -186,16 +200,27 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
         goto done;
     }
     if ((st = load_data(r)) != KVF_OK) goto done;
+    /* initialised on the CPU (the same weights for any device), then copied over */
     r->model = kvf_model_init(&mc, KVF_DEVICE_CPU);
     if (!r->model || (st = kvf_model_init_weights(r->model, (uint64_t)cfg->seed)) != KVF_OK) {
         st = kvf_error_code();
         goto done;
     }
+    if (dev != KVF_DEVICE_CPU && !opts->resume_dir) {
+        kvf_model *dm = kvf_model_to_device(r->model, dev);
+        if (!dm) {
+            st = kvf_error_code();
+            goto done;
+        }
+        kvf_model_free(r->model);
+        r->model = dm;
+    }
     kvf_train_state_info saved = {0};
     if (opts->resume_dir) {
-        if ((st = resume(r)) != KVF_OK) goto done;
+        if ((st = resume(r, dev)) != KVF_OK) goto done;
     }
-    r->ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    if ((st = kvf_model_set_compute_dtype(r->model, cdt)) != KVF_OK) goto done;
+    r->ctx = kvf_ctx_init(dev);
     if (!r->ctx || (st = make_optimizer(r)) != KVF_OK) {
         st = kvf_error_code();
         goto done;
@@ -224,10 +249,12 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
     kvf_batcher_train(r->batcher, &n_train);
     kvf_batcher_val(r->batcher, &n_val);
     fprintf(r->log, "kvforge train: %s | %s attention | %lld params | KV cache %lld B/token | "
-            "%lld train + %lld val tokens | %lld steps of %lld tokens\n",
+            "%lld train + %lld val tokens | %lld steps of %lld tokens%s%s%s\n",
             r->dir, cfg->attention, (long long)kvf_model_n_params(m),
             (long long)kvf_model_kv_bytes_per_token(m), (long long)n_train, (long long)n_val,
-            (long long)cfg->steps, (long long)tokens_per_step);
+            (long long)cfg->steps, (long long)tokens_per_step, dev == KVF_DEVICE_CPU ? "" : " | ",
+            dev == KVF_DEVICE_CPU ? "" : kvf_device_name(dev),
+            dev == KVF_DEVICE_CPU ? "" : (cdt == KVF_DTYPE_BF16 ? " bf16 (f32 masters)" : " f32"));
     if (opts->resume_dir) fprintf(r->log, "resuming at step %lld\n", (long long)r->step);
 
     int32_t *in = malloc(sizeof(int32_t) * (size_t)(cfg->batch_size * cfg->seq_len));
@@ -252,8 +279,17 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
             kvf_tensor *tgt = kvf_tensor_from_host(r->ctx, KVF_DTYPE_I32, 2, shape, tg);
             kvf_tensor *loss = ids && tgt ? kvf_model_loss(r->model, r->ctx, ids, tgt) : NULL;
             double lv = NAN;
-            if (!loss || (st = kvf_tensor_item(loss, &lv)) != KVF_OK ||
-                (isfinite(lv) && (st = kvf_backward(r->ctx, loss)) != KVF_OK)) {
+            if (dev == KVF_DEVICE_CPU) {
+                if (!loss || (st = kvf_tensor_item(loss, &lv)) != KVF_OK ||
+                    (isfinite(lv) && (st = kvf_backward(r->ctx, loss)) != KVF_OK)) {
+                    st = kvf_error_code();
+                    break;
+                }
+            } else if (!loss || (st = kvf_backward(r->ctx, loss)) != KVF_OK ||
+                       (st = kvf_tensor_item(loss, &lv)) != KVF_OK) {
+                /* on a GPU the backward is queued before the loss is read (reading waits for
+                 * the device); a non-finite loss then leaves non-finite gradients, and the
+                 * step is skipped below just the same */
                 st = kvf_error_code();
                 break;
             }
