@@ -11,7 +11,10 @@
  * Also: strided views, broadcasting, GQA/MQA/MLA/window/non-causal/T<S attention, the
  * GEMM contract (beta, shared C, stride 0) through the backend table, dtype conversions,
  * bitwise run-to-run determinism of the backward kernels, errors (f64, out of memory), and
- * whole tiny models (f32) giving the CPU's loss and parameter gradients. */
+ * whole tiny models (f32) giving the CPU's loss and parameter gradients; training: the fused
+ * AdamW kernel and the device gradient norm against the CPU loops, AdamW steps of tiny models
+ * on the GPU (f32, and bf16 compute with f32 masters) against the CPU's, and kvf_train on
+ * cuda end to end (learning, val loss ≈ the CPU run's, checkpoint, resume). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -24,8 +27,13 @@
 #include "autograd/params.h"
 #include "autograd/rng.h"
 #include "autograd/tape.h"
+#include "data/fsutil.h"
+#include "model/checkpoint.h"
 #include "model/transformer.h"
 #include "model/variant.h"
+#include "optim/clip.h"
+#include "optim/optimizer.h"
+#include "train/trainer.h"
 
 static kvf_ctx *g_cpu, *g_gpu;
 static kvf_rng g_rng;
@@ -997,6 +1005,267 @@ START_TEST(model_vs_cpu) {
 }
 END_TEST
 
+/* ---- training: optimizer kernels, steps, the trainer ------------------------------------------- */
+
+/* The fused AdamW kernel and the device gradient norm against the CPU loops, on the flat
+ * buffers of a tiny model with per-parameter groups (a no-decay rule and an lr multiplier). */
+START_TEST(adamw_and_norm_vs_cpu) {
+    kvf_model_config c;
+    tiny_cfg(&c, "mha");
+    kvf_model *mc = kvf_model_init(&c, KVF_DEVICE_CPU);
+    ck_assert_msg(mc != NULL, "%s", kvf_error_message());
+    ck_assert_int_eq(kvf_model_init_weights(mc, 11), KVF_OK);
+    kvf_model *mg = kvf_model_to_device(mc, KVF_DEVICE_CUDA);
+    ck_assert_msg(mg != NULL, "%s", kvf_error_message());
+    const int64_t np = kvf_params_numel(mc->params);
+    const kvf_backend *be = kvf_ctx_backend(g_gpu);
+    kvf_optim_config oc = kvf_optim_config_default(KVF_OPTIM_ADAMW);
+    oc.weight_decay = 0.1;
+    kvf_optimizer *oc_cpu = kvf_optimizer_init(mc->params, &oc);
+    kvf_optimizer *oc_gpu = kvf_optimizer_init(mg->params, &oc);
+    ck_assert_msg(oc_cpu && oc_gpu, "%s", kvf_error_message());
+    for (int k = 0; k < 2; k++) {
+        kvf_optimizer *o = k ? oc_gpu : oc_cpu;
+        ck_assert_int_eq(kvf_optimizer_add_rule(o, "down_proj", 0.0, 0.5), KVF_OK);
+    }
+    float *g = malloc(sizeof(float) * (size_t)np);
+    kvf_rng r;
+    kvf_rng_init(&r, 5);
+    for (int step = 0; step < 4; step++) {
+        /* the same gradients on both; zeros in the alignment padding, as backward leaves them */
+        memset(g, 0, sizeof(float) * (size_t)np);
+        for (int i = 0; i < kvf_params_count(mc->params); i++) {
+            kvf_tensor *t = kvf_params_at(mc->params, i);
+            for (int64_t j = 0; j < kvf_tensor_numel(t); j++)
+                g[t->offset + j] = (float)(kvf_rng_normal(&r) * (step == 2 ? 30.0 : 0.3));
+        }
+        memcpy(kvf_tensor_data(kvf_params_grads(mc->params)), g, sizeof(float) * (size_t)np);
+        ck_assert_int_eq(be->upload(kvf_tensor_data(kvf_params_grads(mg->params)), g,
+                                    sizeof(float) * (size_t)np), KVF_OK);
+        kvf_clip_info ci_c, ci_g;
+        ck_assert_int_eq(kvf_clip_grad_norm(mc->params, 1.0, &ci_c), KVF_OK);
+        ck_assert_msg(kvf_clip_grad_norm(mg->params, 1.0, &ci_g) == KVF_OK, "%s", kvf_error_message());
+        ck_assert_msg(fabs(ci_g.norm - ci_c.norm) <= 1e-12 * ci_c.norm, "norm gpu %.17g cpu %.17g",
+                      ci_g.norm, ci_c.norm);
+        ck_assert_int_eq(ci_g.clipped, ci_c.clipped);
+        ck_assert_int_eq(kvf_optimizer_step(oc_cpu, 1e-2), KVF_OK);
+        ck_assert_msg(kvf_optimizer_step(oc_gpu, 1e-2) == KVF_OK, "%s", kvf_error_message());
+    }
+    ck_assert_int_eq(kvf_optimizer_step_count(oc_gpu), 4);
+    const kvf_tensor *pairs[3][2] = {{kvf_params_values(mg->params), kvf_params_values(mc->params)},
+                                     {kvf_optimizer_state(oc_gpu).m, kvf_optimizer_state(oc_cpu).m},
+                                     {kvf_optimizer_state(oc_gpu).v, kvf_optimizer_state(oc_cpu).v}};
+    static const char *what[3] = {"params", "exp_avg", "exp_avg_sq"};
+    for (int k = 0; k < 3; k++) {
+        float *gg = to_host_f32(pairs[k][0]);
+        /* the same double arithmetic: only FMA contraction can differ */
+        ck_assert_msg(check_close("adamw", what[k], gg, kvf_tensor_data(pairs[k][1]), np, 1e-6), "%s",
+                      what[k]);
+        free(gg);
+    }
+    /* a NaN gradient is reported, not clipped */
+    g[3] = NAN;
+    ck_assert_int_eq(be->upload(kvf_tensor_data(kvf_params_grads(mg->params)), g,
+                                sizeof(float) * (size_t)np), KVF_OK);
+    kvf_clip_info ci;
+    ck_assert_int_eq(kvf_clip_grad_norm(mg->params, 1.0, &ci), KVF_OK);
+    ck_assert(!ci.finite && !ci.clipped);
+    free(g);
+    kvf_optimizer_free(oc_cpu);
+    kvf_optimizer_free(oc_gpu);
+    kvf_model_free(mg);
+    kvf_model_free(mc);
+}
+END_TEST
+
+static const char *train_variants[] = {"mha", "gqa2", "cla2_mha", "mla_r8", "mla_partial_r10_d2", "gpt2"};
+
+/* n AdamW steps (clip 1.0) of a tiny model on fixed random batches; losses[] per step. */
+static void train_steps(kvf_model *m, kvf_ctx *ctx, int n, double *losses) {
+    kvf_optim_config oc = kvf_optim_config_default(KVF_OPTIM_ADAMW);
+    kvf_optimizer *o = kvf_optimizer_init(m->params, &oc);
+    ck_assert_msg(o != NULL, "%s", kvf_error_message());
+    kvf_rng r;
+    kvf_rng_init(&r, 77);
+    const int64_t B = 2, T = 19;
+    int32_t ids[38], tg[38];
+    for (int s = 0; s < n; s++) {
+        for (int i = 0; i < B * T; i++) {
+            ids[i] = (int32_t)kvf_rng_below(&r, (uint64_t)m->cfg.vocab_size);
+            tg[i] = (int32_t)((ids[i] * 7 + 3) % m->cfg.vocab_size); /* learnable */
+        }
+        if (kvf_ctx_device(ctx) == KVF_DEVICE_CUDA) poison(ctx);
+        else kvf_ctx_reset(ctx);
+        kvf_ctx_set_grad(ctx, true);
+        ck_assert_int_eq(kvf_params_zero_grad(m->params), KVF_OK);
+        kvf_tensor *ti = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){B, T}, ids);
+        kvf_tensor *tt = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){B, T}, tg);
+        kvf_tensor *l = kvf_model_loss(m, ctx, ti, tt);
+        ck_assert_msg(l != NULL, "%s", kvf_error_message());
+        ck_assert_int_eq(l->dtype, KVF_DTYPE_F32);
+        ck_assert_msg(kvf_backward(ctx, l) == KVF_OK, "%s", kvf_error_message());
+        ck_assert_int_eq(kvf_tensor_item(l, &losses[s]), KVF_OK);
+        kvf_clip_info ci;
+        ck_assert_msg(kvf_clip_grad_norm(m->params, 1.0, &ci) == KVF_OK, "%s", kvf_error_message());
+        ck_assert(ci.finite);
+        ck_assert_msg(kvf_optimizer_step(o, 3e-3) == KVF_OK, "%s", kvf_error_message());
+    }
+    kvf_ctx_reset(ctx);
+    kvf_optimizer_free(o);
+}
+
+/* A few AdamW steps on the GPU (f32 compute: tight; bf16 compute with f32 masters: bf16
+ * tolerance) against the CPU f32 trainer's losses and parameters. */
+START_TEST(train_steps_vs_cpu) {
+    const char *variant = train_variants[_i];
+    kvf_model_config c;
+    tiny_cfg(&c, variant);
+    kvf_model *mc = kvf_model_init(&c, KVF_DEVICE_CPU);
+    ck_assert_msg(mc != NULL, "%s: %s", variant, kvf_error_message());
+    ck_assert_int_eq(kvf_model_init_weights(mc, 7), KVF_OK);
+    const int64_t np = kvf_params_numel(mc->params);
+    float *p0 = malloc(sizeof(float) * (size_t)np);
+    memcpy(p0, kvf_tensor_data(kvf_params_values(mc->params)), sizeof(float) * (size_t)np);
+    kvf_model *mg[2];
+    for (int k = 0; k < 2; k++) {
+        mg[k] = kvf_model_to_device(mc, KVF_DEVICE_CUDA);
+        ck_assert_msg(mg[k] != NULL, "%s: %s", variant, kvf_error_message());
+    }
+    ck_assert_int_eq(kvf_model_set_compute_dtype(mg[1], KVF_DTYPE_BF16), KVF_OK);
+    ck_assert_int_eq(kvf_model_set_compute_dtype(mc, KVF_DTYPE_BF16), KVF_ERR_DTYPE);
+    kvf_error_clear();
+    enum { STEPS = 6 };
+    double lc[STEPS], lg[2][STEPS];
+    train_steps(mc, g_cpu, STEPS, lc);
+    for (int k = 0; k < 2; k++) train_steps(mg[k], g_gpu, STEPS, lg[k]);
+    const float *pc = kvf_tensor_data(kvf_params_values(mc->params));
+    float *delta_c = malloc(sizeof(float) * (size_t)np), *delta_g = malloc(sizeof(float) * (size_t)np);
+    for (int k = 0; k < 2; k++) {
+        const char *name = k ? "bf16" : "f32";
+        /* bf16: Adam turns small gradients into ±lr steps, so elements whose gradient is
+         * within bf16 noise of 0 may step the other way: the change agrees only roughly */
+        double ltol = k ? 2e-2 : 1e-5, ptol = k ? 0.35 : 1e-3;
+        for (int s = 0; s < STEPS; s++) {
+            if (getenv("KVF_GPU_VERBOSE"))
+                fprintf(stderr, "%s %s step %d: loss gpu %.6f cpu %.6f\n", variant, name, s + 1,
+                        lg[k][s], lc[s]);
+            ck_assert_msg(isfinite(lg[k][s]) && fabs(lg[k][s] - lc[s]) <= ltol * fabs(lc[s]),
+                          "%s %s step %d: loss gpu %.7g vs cpu %.7g", variant, name, s + 1, lg[k][s], lc[s]);
+        }
+        ck_assert_msg(lc[STEPS - 1] < lc[0], "%s: the CPU loss did not fall", variant);
+        /* the parameters' change over the run, GPU against CPU */
+        float *pg = to_host_f32(kvf_params_values(mg[k]->params));
+        for (int64_t j = 0; j < np; j++) {
+            delta_c[j] = pc[j] - p0[j];
+            delta_g[j] = pg[j] - p0[j];
+        }
+        /* k_proj.bias has an exact gradient of 0 (softmax ignores a per-query constant):
+         * each backend's rounding noise there is normalised by Adam into ±lr steps of
+         * random sign, so it is left out */
+        for (int i = 0; i < kvf_params_count(mc->params); i++) {
+            const kvf_tensor *t = kvf_params_at(mc->params, i);
+            if (!strstr(t->name, "k_proj.bias")) continue;
+            for (int64_t j = 0; j < kvf_tensor_numel(t); j++) delta_c[t->offset + j] = delta_g[t->offset + j] = 0;
+        }
+        char what[64];
+        snprintf(what, sizeof what, "parameter change (%s compute)", name);
+        ck_assert_msg(check_close(variant, what, delta_g, delta_c, np, ptol), "%s: %s", variant, what);
+        free(pg);
+    }
+    free(delta_c);
+    free(delta_g);
+    free(p0);
+    for (int k = 0; k < 2; k++) kvf_model_free(mg[k]);
+    kvf_model_free(mc);
+}
+END_TEST
+
+/* kvf_train on cuda (bf16 compute) end to end: it learns, its validation loss is the CPU
+ * run's within bf16 noise, the checkpoint it writes (from device parameters) evaluates to
+ * the same loss on the CPU, and a run stopped and resumed continues the same trajectory. */
+static char g_tmp[256];
+
+static void train_cfg(kvf_run_config *c, const char *name, const char *device, const char *corpus) {
+    kvf_run_config_defaults(c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    snprintf(c->out_dir, sizeof c->out_dir, "%s/runs", g_tmp);
+    snprintf(c->attention, sizeof c->attention, "gqa2");
+    snprintf(c->train_data, sizeof c->train_data, "%s", corpus);
+    snprintf(c->device, sizeof c->device, "%s", device);
+    c->model.d_model = 64;
+    c->model.n_layers = 2;
+    c->model.n_heads = 4;
+    c->seq_len = 64;
+    c->batch_size = 8;
+    c->lr = 3e-3;
+    c->min_lr = 3e-4;
+    c->warmup_steps = 10;
+    c->steps = 60;
+    c->log_every = 1000;
+    c->eval_tokens = 8192;
+    c->seed = 3;
+    ck_assert_msg(kvf_run_config_finish(c, "test") == KVF_OK, "%s", kvf_error_message());
+}
+
+START_TEST(trainer_on_cuda) {
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/kvf_gpu_train_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(g_tmp));
+    char corpus[512];
+    snprintf(corpus, sizeof corpus, "%s/corpus.txt", g_tmp);
+    FILE *f = fopen(corpus, "wb");
+    ck_assert_ptr_nonnull(f);
+    static const char *subj[] = {"the king", "a prophet", "the people", "my servant", "his son"};
+    static const char *verb[] = {"spake unto", "went up to", "blessed", "smote", "answered"};
+    static const char *obj[] = {"the city.", "the house of god.", "all israel.", "the land.", "them."};
+    unsigned s = 12345;
+    for (int i = 0; i < 6000; i++) {
+        s = s * 1103515245u + 12345u;
+        int a = (s >> 16) % 5;
+        s = s * 1103515245u + 12345u;
+        int b = (s >> 16) % 5;
+        fprintf(f, "%s %s %s\n", subj[a], verb[(a + b) % 5], obj[b]);
+    }
+    fclose(f);
+    FILE *log = fopen("/dev/null", "w");
+    kvf_train_opts o = {.config_path = "test", .log = log};
+    kvf_run_config c;
+    kvf_train_result rc, rg, rs, rr;
+    train_cfg(&c, "cpu", "cpu", corpus);
+    ck_assert_msg(kvf_train(&c, &o, &rc) == KVF_OK, "cpu: %s", kvf_error_message());
+    train_cfg(&c, "cuda", "cuda", corpus);
+    ck_assert_msg(kvf_train(&c, &o, &rg) == KVF_OK, "cuda: %s", kvf_error_message());
+    fprintf(stderr, "trainer: val loss cpu %.4f, cuda bf16 %.4f (last train loss %.4f / %.4f)\n",
+            rc.val_loss, rg.val_loss, rc.last_loss, rg.last_loss);
+    ck_assert_int_eq(rg.steps_done, 60);
+    ck_assert_int_eq(rg.skipped, 0);
+    ck_assert_msg(rg.val_loss < 2.0, "cuda run did not learn: val loss %.4f", rg.val_loss);
+    ck_assert_msg(fabs(rg.val_loss - rc.val_loss) <= 0.03 * rc.val_loss,
+                  "val loss cuda %.4f vs cpu %.4f", rg.val_loss, rc.val_loss);
+    /* the checkpoint saved from device parameters, evaluated on the CPU in f32 */
+    char ckpt[700];
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint", rg.run_dir);
+    kvf_model *m = kvf_checkpoint_load(ckpt, KVF_DEVICE_CPU);
+    ck_assert_msg(m != NULL, "%s", kvf_error_message());
+    kvf_model_free(m);
+    /* stop after 25 steps, resume to 60: the same trajectory as the uninterrupted run
+     * (deterministic kernels; tolerance for cuBLASLt's choice of algorithm) */
+    train_cfg(&c, "cuda_resumed", "cuda", corpus);
+    o.stop_after = 25;
+    ck_assert_msg(kvf_train(&c, &o, &rs) == KVF_OK, "cuda stop: %s", kvf_error_message());
+    ck_assert_int_eq(rs.steps_done, 25);
+    o.stop_after = 0;
+    o.resume_dir = rs.run_dir;
+    ck_assert_msg(kvf_train(&c, &o, &rr) == KVF_OK, "cuda resume: %s", kvf_error_message());
+    fprintf(stderr, "trainer: resumed cuda run: val loss %.6f (uninterrupted %.6f), last loss %.6f "
+            "(%.6f)\n", rr.val_loss, rg.val_loss, rr.last_loss, rg.last_loss);
+    ck_assert_int_eq(rr.steps_done, 60);
+    ck_assert_msg(fabs(rr.val_loss - rg.val_loss) <= 1e-3 * rg.val_loss,
+                  "resumed val loss %.6f vs %.6f", rr.val_loss, rg.val_loss);
+    fclose(log);
+    kvf_fs_remove_tree(g_tmp);
+}
+END_TEST
+
 /* ---- main ------------------------------------------------------------------------------------- */
 
 #define NCASES(a) (int)(sizeof(a) / sizeof((a)[0]))
@@ -1033,6 +1302,11 @@ int main(void) {
     if (WANT("determinism")) tcase_add_test(tc, deterministic);
     if (WANT("errors")) tcase_add_test(tc, errors);
     if (WANT("model")) tcase_add_loop_test(tc, model_vs_cpu, 0, NCASES(model_variants));
+    if (WANT("optim")) tcase_add_test(tc, adamw_and_norm_vs_cpu);
+    if (WANT("train")) {
+        tcase_add_loop_test(tc, train_steps_vs_cpu, 0, NCASES(train_variants));
+        tcase_add_test(tc, trainer_on_cuda);
+    }
 #undef WANT
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
