@@ -24,7 +24,7 @@
  * same RNG; with --calib first, the 16384 train tokens after the calibration ones).
  * --experiments adds, for fixtures, the ablations behind the documented choices (latent norm
  * handling, query-aware RoRoPE, BKV, rope selection). Prints Markdown. Not a test: the
- * fixtures take about a minute, a 4-layer d=128 model a few more. */
+ * fixtures and a 4-layer d=128 model take about 20 s on 2 idle cores. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
