@@ -13,6 +13,10 @@
 
 /* ---- parameters ---------------------------------------------------------------------------- */
 
+/* A malloc'd row-major copy of t (f32/f64/bf16/f16, any device) as doubles, or NULL with an
+ * error; and the way back, rounded to t's dtype. */
+double    *kvf_cv_tensor_read(const kvf_tensor *t);
+kvf_status kvf_cv_tensor_write(kvf_tensor *t, const double *v);
 /* "model.layers.L.self_attn.WHAT" into buf. */
 const char *kvf_cv_name(char *buf, size_t n, int layer, const char *what);
 /* A malloc'd row-major copy of parameter name as doubles (numel in *numel when not NULL), or
@@ -70,6 +74,9 @@ void kvf_cv_rope_pair(const kvf_model_config *c, int f, int *a, int *b);
  * kept (may be NULL) receives the fraction of the M-weighted energy kept. */
 kvf_status kvf_cv_wpca(int N, int r, const double *C, const double *M, double *A, double *B,
                        double *kept);
+/* out[r] = row r of W (rows × d_model, no bias) times layer's input second moment times its
+ * transpose: the energy of each projected output on the calibration data. */
+kvf_status kvf_cv_energies(const kvf_calib *c, int layer, int rows, const double *W, double *out);
 /* X = R·G⁻¹ for symmetric positive (semi)definite G (n×n), R (rows×n); a ridge of
  * 1e-9·mean(diag G) keeps it solvable. */
 kvf_status kvf_cv_solve_right(int rows, int n, const double *R, const double *G, double *X);

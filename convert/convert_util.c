@@ -20,67 +20,81 @@ const char *kvf_cv_name(char *buf, size_t n, int layer, const char *what) {
     return buf;
 }
 
-static double *read_tensor(const kvf_tensor *t) {
+double *kvf_cv_tensor_read(const kvf_tensor *t) {
     int64_t n = kvf_tensor_numel(t);
-    size_t es = kvf_dtype_size(t->dtype);
     double *out = malloc(sizeof(double) * (size_t)(n ? n : 1));
-    void *host = malloc(es * (size_t)(n ? n : 1));
-    if (!out || !host) {
+    void *raw = malloc(kvf_tensor_nbytes(t) ? kvf_tensor_nbytes(t) : 1);
+    if (!out || !raw) {
         free(out);
-        free(host);
+        free(raw);
         kvf_error_set(KVF_ERR_OOM, "convert: out of memory reading %s", t->name ? t->name : "a tensor");
         return NULL;
     }
-    if (kvf_tensor_to_host(t, host, es * (size_t)n) != KVF_OK) {
+    if (kvf_tensor_to_host(t, raw, kvf_tensor_nbytes(t)) != KVF_OK) {
         free(out);
-        free(host);
+        free(raw);
         return NULL;
     }
-    if (t->dtype == KVF_DTYPE_F64) memcpy(out, host, sizeof(double) * (size_t)n);
-    else if (t->dtype == KVF_DTYPE_F32)
-        for (int64_t i = 0; i < n; i++) out[i] = ((const float *)host)[i];
-    else {
-        free(out);
-        free(host);
-        kvf_error_set(KVF_ERR_DTYPE, "convert: parameter %s is %s (master weights are f32 or f64)",
-                      t->name ? t->name : "?", kvf_dtype_name(t->dtype));
-        return NULL;
+    for (int64_t i = 0; i < n; i++) {
+        switch (t->dtype) {
+        case KVF_DTYPE_F32: out[i] = ((const float *)raw)[i]; break;
+        case KVF_DTYPE_F64: out[i] = ((const double *)raw)[i]; break;
+        case KVF_DTYPE_BF16: out[i] = kvf_bf16_to_f32(((const uint16_t *)raw)[i]); break;
+        case KVF_DTYPE_F16: out[i] = kvf_f16_to_f32(((const uint16_t *)raw)[i]); break;
+        default:
+            free(out);
+            free(raw);
+            kvf_error_set(KVF_ERR_DTYPE, "convert: %s is %s, not a float tensor", t->name ? t->name : "a tensor",
+                          kvf_dtype_name(t->dtype));
+            return NULL;
+        }
     }
-    free(host);
+    free(raw);
     return out;
+}
+
+kvf_status kvf_cv_tensor_write(kvf_tensor *t, const double *v) {
+    int64_t n = kvf_tensor_numel(t);
+    size_t nb = kvf_tensor_nbytes(t);
+    KVF_CHECK(kvf_tensor_is_contiguous(t), KVF_ERR_ARG, "convert: %s is not contiguous", t->name ? t->name : "a tensor");
+    void *raw = malloc(nb ? nb : 1);
+    KVF_CHECK(raw, KVF_ERR_OOM, "convert: out of memory writing %s", t->name ? t->name : "a tensor");
+    for (int64_t i = 0; i < n; i++) {
+        switch (t->dtype) {
+        case KVF_DTYPE_F32: ((float *)raw)[i] = (float)v[i]; break;
+        case KVF_DTYPE_F64: ((double *)raw)[i] = v[i]; break;
+        case KVF_DTYPE_BF16: ((uint16_t *)raw)[i] = kvf_f32_to_bf16((float)v[i]); break;
+        case KVF_DTYPE_F16: ((uint16_t *)raw)[i] = kvf_f32_to_f16((float)v[i]); break;
+        default: free(raw); return kvf_error_set(KVF_ERR_DTYPE, "convert: cannot write %s", kvf_dtype_name(t->dtype));
+        }
+    }
+    kvf_status st = KVF_OK;
+    if (kvf_tensor_device(t) == KVF_DEVICE_CPU) {
+        memcpy(kvf_tensor_data(t), raw, nb);
+    } else {
+        const kvf_backend *be = kvf_backend_get(kvf_tensor_device(t));
+        st = be ? be->upload(kvf_tensor_data(t), raw, nb) : kvf_error_code();
+    }
+    free(raw);
+    return st;
 }
 
 double *kvf_cv_read_opt(const kvf_model *m, const char *name) {
     kvf_tensor *t = kvf_params_get(m->params, name);
-    return t ? read_tensor(t) : NULL;
+    return t ? kvf_cv_tensor_read(t) : NULL;
 }
 
 double *kvf_cv_read(const kvf_model *m, const char *name, int64_t *numel) {
     kvf_tensor *t = kvf_params_get(m->params, name);
     KVF_CHECK_NULL(t, KVF_ERR_STATE, "convert: the model has no parameter %s", name);
     if (numel) *numel = kvf_tensor_numel(t);
-    return read_tensor(t);
+    return kvf_cv_tensor_read(t);
 }
 
 kvf_status kvf_cv_write(kvf_model *m, const char *name, const double *v) {
     kvf_tensor *t = kvf_params_get(m->params, name);
     KVF_CHECK(t, KVF_ERR_STATE, "convert: the model has no parameter %s", name);
-    int64_t n = kvf_tensor_numel(t);
-    size_t es = kvf_dtype_size(t->dtype);
-    void *host = malloc(es * (size_t)(n ? n : 1));
-    KVF_CHECK(host, KVF_ERR_OOM, "convert: out of memory writing %s", name);
-    if (t->dtype == KVF_DTYPE_F64) memcpy(host, v, sizeof(double) * (size_t)n);
-    else
-        for (int64_t i = 0; i < n; i++) ((float *)host)[i] = (float)v[i];
-    kvf_status s = KVF_OK;
-    if (!kvf_tensor_is_contiguous(t)) s = kvf_error_set(KVF_ERR_STATE, "convert: parameter %s is not contiguous", name);
-    else if (kvf_tensor_device(t) == KVF_DEVICE_CPU) memcpy(kvf_tensor_data(t), host, es * (size_t)n);
-    else {
-        const kvf_backend *be = kvf_backend_get(kvf_tensor_device(t));
-        s = be ? be->upload(kvf_tensor_data(t), host, es * (size_t)n) : kvf_error_code();
-    }
-    free(host);
-    return s;
+    return kvf_cv_tensor_write(t, v);
 }
 
 kvf_model *kvf_cv_derive(const kvf_model *src, const kvf_model_config *cfg) {
@@ -401,5 +415,27 @@ kvf_status kvf_cv_cla_sources(const kvf_model_config *c, const int *producers, i
                   "--to cla: layer %d reuses layer %d's K/V in the source, which would fall outside its new "
                   "group (producer %d); choose producers that keep the source's sharing groups together",
                   l, c->kv_source[l], kv_source[l]);
+    return KVF_OK;
+}
+
+/* Diagonal of [W 0] G [W 0]ᵀ (rows × d_model W, no bias): the outputs' energies. */
+kvf_status kvf_cv_energies(const kvf_calib *c, int layer, int rows, const double *W, double *out) {
+    int64_t d = c->d, da = d + 1;
+    const double *G = kvf_calib_gram(c, layer);
+    double *Gd = malloc(sizeof(double) * (size_t)(d * d)), *WG = malloc(sizeof(double) * (size_t)rows * (size_t)d);
+    if (!Gd || !WG) {
+        free(Gd);
+        free(WG);
+        return kvf_error_set(KVF_ERR_OOM, "convert: out of memory");
+    }
+    for (int64_t i = 0; i < d; i++) memcpy(Gd + i * d, G + i * da, sizeof(double) * (size_t)d);
+    kvf_dgemm(false, false, rows, (int)d, (int)d, W, Gd, WG);
+    for (int r = 0; r < rows; r++) {
+        double s = 0;
+        for (int64_t i = 0; i < d; i++) s += W[(size_t)r * d + i] * WG[(size_t)r * d + i];
+        out[r] = s;
+    }
+    free(Gd);
+    free(WG);
     return KVF_OK;
 }

@@ -15,73 +15,14 @@ void kvf_mla_tuning_defaults(kvf_mla_tuning *t, bool deepseek) {
     t->kv_output_aware = false;       /* mixed: kept as an ablation */
 }
 
-double *kvf_mla_param_get(const kvf_tensor *t) {
-    int64_t n = kvf_tensor_numel(t);
-    double *out = malloc(sizeof(double) * (size_t)(n ? n : 1));
-    void *raw = malloc(kvf_tensor_nbytes(t) ? kvf_tensor_nbytes(t) : 1);
-    if (!out || !raw) {
-        free(out);
-        free(raw);
-        kvf_error_set(KVF_ERR_OOM, "convert: out of memory reading %s", t->name ? t->name : "a tensor");
-        return NULL;
-    }
-    if (kvf_tensor_to_host(t, raw, kvf_tensor_nbytes(t)) != KVF_OK) {
-        free(out);
-        free(raw);
-        return NULL;
-    }
-    for (int64_t i = 0; i < n; i++) {
-        switch (t->dtype) {
-        case KVF_DTYPE_F32: out[i] = ((const float *)raw)[i]; break;
-        case KVF_DTYPE_F64: out[i] = ((const double *)raw)[i]; break;
-        case KVF_DTYPE_BF16: out[i] = kvf_bf16_to_f32(((const uint16_t *)raw)[i]); break;
-        case KVF_DTYPE_F16: out[i] = kvf_f16_to_f32(((const uint16_t *)raw)[i]); break;
-        default:
-            free(out);
-            free(raw);
-            kvf_error_set(KVF_ERR_DTYPE, "convert: %s is %s, not a float tensor", t->name ? t->name : "a tensor",
-                          kvf_dtype_name(t->dtype));
-            return NULL;
-        }
-    }
-    free(raw);
-    return out;
-}
-
-kvf_status kvf_mla_param_set(kvf_tensor *t, const double *v) {
-    int64_t n = kvf_tensor_numel(t);
-    size_t nb = kvf_tensor_nbytes(t);
-    KVF_CHECK(kvf_tensor_is_contiguous(t), KVF_ERR_ARG, "convert: %s is not contiguous", t->name ? t->name : "a tensor");
-    void *raw = malloc(nb ? nb : 1);
-    KVF_CHECK(raw, KVF_ERR_OOM, "convert: out of memory writing %s", t->name ? t->name : "a tensor");
-    for (int64_t i = 0; i < n; i++) {
-        switch (t->dtype) {
-        case KVF_DTYPE_F32: ((float *)raw)[i] = (float)v[i]; break;
-        case KVF_DTYPE_F64: ((double *)raw)[i] = v[i]; break;
-        case KVF_DTYPE_BF16: ((uint16_t *)raw)[i] = kvf_f32_to_bf16((float)v[i]); break;
-        case KVF_DTYPE_F16: ((uint16_t *)raw)[i] = kvf_f32_to_f16((float)v[i]); break;
-        default: free(raw); return kvf_error_set(KVF_ERR_DTYPE, "convert: cannot write %s", kvf_dtype_name(t->dtype));
-        }
-    }
-    kvf_status st = KVF_OK;
-    if (kvf_tensor_device(t) == KVF_DEVICE_CPU) {
-        memcpy(kvf_tensor_data(t), raw, nb);
-    } else {
-        const kvf_backend *be = kvf_backend_get(kvf_tensor_device(t));
-        st = be ? be->upload(kvf_tensor_data(t), raw, nb) : kvf_error_code();
-    }
-    free(raw);
-    return st;
-}
-
 kvf_status kvf_mla_copy_common(const kvf_model *src, kvf_model *dst) {
     for (int i = 0; i < kvf_params_count(dst->params); i++) {
         kvf_tensor *t = kvf_params_at(dst->params, i);
         kvf_tensor *s = kvf_params_get(src->params, t->name);
         if (!s || !kvf_tensor_same_shape(s, t)) continue;
-        double *v = kvf_mla_param_get(s);
+        double *v = kvf_cv_tensor_read(s);
         if (!v) return kvf_error_code();
-        kvf_status st = kvf_mla_param_set(t, v);
+        kvf_status st = kvf_cv_tensor_write(t, v);
         free(v);
         KVF_TRY(st);
     }

@@ -34,28 +34,6 @@ static void *xcalloc(size_t n, size_t sz, bool *ok) {
     return p;
 }
 
-/* Diagonal of [W 0] G [W 0]ᵀ (rows × d_model W, no bias): the outputs' energies. */
-static kvf_status proj_diag(const kvf_calib *c, int layer, int rows, const double *W, double *out) {
-    int64_t d = c->d, da = d + 1;
-    const double *G = kvf_calib_gram(c, layer);
-    double *Gd = malloc(sizeof(double) * (size_t)(d * d)), *WG = malloc(sizeof(double) * (size_t)rows * (size_t)d);
-    if (!Gd || !WG) {
-        free(Gd);
-        free(WG);
-        return kvf_error_set(KVF_ERR_OOM, "convert: out of memory");
-    }
-    for (int64_t i = 0; i < d; i++) memcpy(Gd + i * d, G + i * da, sizeof(double) * (size_t)d);
-    kvf_dgemm(false, false, rows, (int)d, (int)d, W, Gd, WG);
-    for (int r = 0; r < rows; r++) {
-        double s = 0;
-        for (int64_t i = 0; i < d; i++) s += W[(size_t)r * d + i] * WG[(size_t)r * d + i];
-        out[r] = s;
-    }
-    free(Gd);
-    free(WG);
-    return KVF_OK;
-}
-
 /* The first k columns of the n×n matrix P as an n×k matrix. */
 static double *first_cols(const double *P, int n, int k) {
     double *o = malloc(sizeof(double) * (size_t)n * (size_t)(k ? k : 1));
@@ -109,7 +87,7 @@ kvf_status kvf_mla_rorope(const kvf_model *src, const kvf_calib *calib, int laye
     KVF_CHECK(calib && layer < calib->n_layers && calib->d == Dm, KVF_ERR_ARG,
               "convert: calibration statistics do not fit the model (layer %d)", layer);
     const struct kvf_layer_weights *Lw = &src->layers[layer];
-    double *Wk = kvf_mla_param_get(Lw->k_w), *Wq = kvf_mla_param_get(Lw->q_w);
+    double *Wk = kvf_cv_tensor_read(Lw->k_w), *Wq = kvf_cv_tensor_read(Lw->q_w);
     int gs = g * F, ngrp = half / F, pairs = ngrp * gs;
     bool ok = Wk && Wq;
     double *qdiag = xcalloc((size_t)h * d, sizeof(double), &ok);
@@ -127,7 +105,7 @@ kvf_status kvf_mla_rorope(const kvf_model *src, const kvf_calib *calib, int laye
     out->cqy = xcalloc((size_t)h * pairs * d, sizeof(double), &ok);
     out->energy = xcalloc((size_t)pairs, sizeof(double), &ok);
     kvf_status st = ok ? KVF_OK : kvf_error_set(KVF_ERR_OOM, "convert: out of memory (RoRoPE, layer %d)", layer);
-    if (st == KVF_OK && query_aware) st = proj_diag(calib, layer, h * d, Wq, qdiag);
+    if (st == KVF_OK && query_aware) st = kvf_cv_energies(calib, layer, h * d, Wq, qdiag);
     for (int a = 0; st == KVF_OK && a < ngrp; a++) {
         /* rows 0..gs: x halves, gs..2gs: y halves; column col = j·F + t ↔ frequency a·F + t */
         for (int j = 0; j < g; j++)
@@ -222,7 +200,7 @@ static kvf_status output_aware_basis(const kvf_model *src, const kvf_calib *cali
     int Dm = z->Dm, h = z->h, d = z->d, dv = z->dv, Lk = z->Lk, W = z->W, R = z->R;
     double T = calib->tokens > 0 ? (double)calib->tokens : 1.0, sc = src->cfg.softmax_scale;
     const double *G = kvf_calib_gram(calib, l);
-    double *Wq = kvf_mla_param_get(src->layers[l].q_w), *Wo = kvf_mla_param_get(src->layers[l].o_w);
+    double *Wq = kvf_cv_tensor_read(src->layers[l].q_w), *Wo = kvf_cv_tensor_read(src->layers[l].o_w);
     double *xbar = malloc(sizeof(double) * (size_t)Dm), *mu = malloc(sizeof(double) * (size_t)W);
     double *C = malloc(sizeof(double) * (size_t)W * W), *Mt = calloc((size_t)W * W, sizeof(double));
     double *Qi = malloc(sizeof(double) * (size_t)d * d), *AQ = malloc(sizeof(double) * (size_t)(Lk ? Lk : 1) * d);
@@ -298,7 +276,7 @@ static kvf_status fill(kvf_tensor *t, double v) {
     double *b = malloc(sizeof(double) * (size_t)n);
     KVF_CHECK(b, KVF_ERR_OOM, "convert: out of memory");
     for (int64_t i = 0; i < n; i++) b[i] = v;
-    kvf_status st = kvf_mla_param_set(t, b);
+    kvf_status st = kvf_cv_tensor_write(t, b);
     free(b);
     return st;
 }
@@ -311,7 +289,7 @@ static kvf_status ds_layer(const kvf_model *src, kvf_model *dst, int l, const st
         RQ = z->RQ, gs = z->gs, nr = z->nr;
     struct kvf_rorope rr;
     KVF_TRY(kvf_mla_rorope(src, calib, l, z->F, tu->rorope_query_aware, &rr));
-    double *Wq = kvf_mla_param_get(Ls->q_w), *Wv = kvf_mla_param_get(Ls->v_w);
+    double *Wq = kvf_cv_tensor_read(Ls->q_w), *Wv = kvf_cv_tensor_read(Ls->v_w);
     bool ok = Wq && Wv;
     double *kpe = xcalloc((size_t)m * Dm, sizeof(double), &ok);
     double *M = xcalloc((size_t)W * Dm, sizeof(double), &ok);     /* [K_nope/α; V] */
@@ -359,7 +337,7 @@ static kvf_status ds_layer(const kvf_model *src, kvf_model *dst, int l, const st
 
     /* 2. BKV */
     double alpha = 1.0;
-    if ((st = proj_diag(calib, l, W, M, diag)) != KVF_OK) goto done;
+    if ((st = kvf_cv_energies(calib, l, W, M, diag)) != KVF_OK) goto done;
     if (tu->bkv && Lk > 0) {
         double kn = 0, vn = 0;
         for (int r = 0; r < Lk; r++) kn += sqrt(diag[r] > 0 ? diag[r] : 0) / Lk;
@@ -485,13 +463,13 @@ static kvf_status ds_layer(const kvf_model *src, kvf_model *dst, int l, const st
     }
 
     if (RQ) {
-        if ((st = kvf_mla_param_set(Ld->q_a_w, qa)) != KVF_OK || (st = fill(Ld->q_a_norm, qw)) != KVF_OK ||
-            (st = kvf_mla_param_set(Ld->q_b_w, qout)) != KVF_OK)
+        if ((st = kvf_cv_tensor_write(Ld->q_a_w, qa)) != KVF_OK || (st = fill(Ld->q_a_norm, qw)) != KVF_OK ||
+            (st = kvf_cv_tensor_write(Ld->q_b_w, qout)) != KVF_OK)
             goto done;
-    } else if ((st = kvf_mla_param_set(Ld->q_w, qout)) != KVF_OK) {
+    } else if ((st = kvf_cv_tensor_write(Ld->q_w, qout)) != KVF_OK) {
         goto done;
     }
-    if ((st = kvf_mla_param_set(Ld->kv_a_w, kva)) != KVF_OK || (st = kvf_mla_param_set(Ld->kv_b_w, kvb)) != KVF_OK)
+    if ((st = kvf_cv_tensor_write(Ld->kv_a_w, kva)) != KVF_OK || (st = kvf_cv_tensor_write(Ld->kv_b_w, kvb)) != KVF_OK)
         goto done;
     if (Ld->kv_a_norm && (st = fill(Ld->kv_a_norm, kv_w)) != KVF_OK) goto done;
     if (log) {

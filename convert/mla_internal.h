@@ -9,6 +9,7 @@
 
 #include "calib.h"
 #include "convert.h"
+#include "convert_impl.h"
 
 /* What the DeepSeek route does with the latent RMSNorms (kv_a_layernorm, and q_a_layernorm
  * with --q-rank). HF DeepseekV3 always applies them; kvforge's MLA can switch kv_a off. */
@@ -74,8 +75,6 @@ kvf_status kvf_mla_rorope(const kvf_model *src, const kvf_calib *calib, int laye
 void kvf_mla_rorope_free(struct kvf_rorope *r);
 
 /* Shared helpers (mla_common.c). */
-double    *kvf_mla_param_get(const kvf_tensor *t);            /* malloc'd doubles, row-major */
-kvf_status kvf_mla_param_set(kvf_tensor *t, const double *v); /* any device, master dtype */
 /* Copy every parameter of dst that src has under the same name and shape. */
 kvf_status kvf_mla_copy_common(const kvf_model *src, kvf_model *dst);
 /* A source the MLA conversions can read: standard attention with full-width RoPE in the HF

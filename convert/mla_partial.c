@@ -35,28 +35,6 @@ static int cmp_int(const void *a, const void *b) {
     return *(const int *)a - *(const int *)b;
 }
 
-/* Diagonal of W G Wᵀ (rows × Dm). */
-static kvf_status energies(const kvf_calib *c, int layer, int rows, const double *W, double *out) {
-    int64_t d = c->d, da = d + 1;
-    const double *G = kvf_calib_gram(c, layer);
-    double *Gd = malloc(sizeof(double) * (size_t)(d * d)), *WG = malloc(sizeof(double) * (size_t)rows * (size_t)d);
-    if (!Gd || !WG) {
-        free(Gd);
-        free(WG);
-        return kvf_error_set(KVF_ERR_OOM, "convert: out of memory");
-    }
-    for (int64_t i = 0; i < d; i++) memcpy(Gd + i * d, G + i * da, sizeof(double) * (size_t)d);
-    kvf_dgemm(false, false, rows, (int)d, (int)d, W, Gd, WG);
-    for (int r = 0; r < rows; r++) {
-        double s = 0;
-        for (int64_t i = 0; i < d; i++) s += W[(size_t)r * d + i] * WG[(size_t)r * d + i];
-        out[r] = s > 0 ? s : 0;
-    }
-    free(Gd);
-    free(WG);
-    return KVF_OK;
-}
-
 /* keep[j][0..D/2): the kept frequencies of KV head j, ascending. */
 static kvf_status select_freqs(const kvf_model *src, const kvf_calib *calib, int l, const struct pr_dims *z,
                                const double *Wq, const double *Wk, int *keep, FILE *log) {
@@ -71,8 +49,11 @@ static kvf_status select_freqs(const kvf_model *src, const kvf_calib *calib, int
     double *score = malloc(sizeof(double) * (size_t)half);
     int *idx = malloc(sizeof(int) * (size_t)half);
     kvf_status st = eq && ek && score && idx ? KVF_OK : kvf_error_set(KVF_ERR_OOM, "convert: out of memory");
-    if (st == KVF_OK) st = energies(calib, l, z->h * d, Wq, eq);
-    if (st == KVF_OK) st = energies(calib, l, z->g * d, Wk, ek);
+    if (st == KVF_OK) st = kvf_cv_energies(calib, l, z->h * d, Wq, eq);
+    if (st == KVF_OK) st = kvf_cv_energies(calib, l, z->g * d, Wk, ek);
+    /* rounding can leave an energy a hair below zero: sqrt of it must not be NaN */
+    for (int i = 0; st == KVF_OK && i < z->h * d; i++) eq[i] = eq[i] > 0 ? eq[i] : 0;
+    for (int i = 0; st == KVF_OK && i < z->g * d; i++) ek[i] = ek[i] > 0 ? ek[i] : 0;
     double T = calib->tokens > 0 ? (double)calib->tokens : 1.0;
     for (int j = 0; st == KVF_OK && j < z->g; j++) {
         for (int f = 0; f < half; f++) {
@@ -116,7 +97,7 @@ static kvf_status pr_layer(const kvf_model *src, kvf_model *dst, int l, const st
     struct kvf_layer_weights *Ld = &dst->layers[l];
     int Dm = z->Dm, h = z->h, g = z->g, d = z->d, dv = z->dv, D = z->D, R = z->R, W = z->W, half = d / 2,
         nk = D / 2, dn = d - D;
-    double *Wq = kvf_mla_param_get(Ls->q_w), *Wk = kvf_mla_param_get(Ls->k_w), *Wv = kvf_mla_param_get(Ls->v_w);
+    double *Wq = kvf_cv_tensor_read(Ls->q_w), *Wk = kvf_cv_tensor_read(Ls->k_w), *Wv = kvf_cv_tensor_read(Ls->v_w);
     int *keep = malloc(sizeof(int) * (size_t)(g * nk + 1)), *ord = malloc(sizeof(int) * (size_t)g * d);
     double *q = malloc(sizeof(double) * (size_t)h * d * Dm), *kr = malloc(sizeof(double) * (size_t)(g * D + 1) * Dm);
     double *M = malloc(sizeof(double) * (size_t)W * Dm);
@@ -177,8 +158,8 @@ static kvf_status pr_layer(const kvf_model *src, kvf_model *dst, int l, const st
         memcpy(b, up + (size_t)j * dn * R, sizeof(double) * (size_t)dn * R);
         memcpy(b + (size_t)dn * R, up + (size_t)(z->Wn + j * dv) * R, sizeof(double) * (size_t)dv * R);
     }
-    if ((st = kvf_mla_param_set(Ld->q_w, q)) != KVF_OK || (D && (st = kvf_mla_param_set(Ld->k_rope_w, kr)) != KVF_OK) ||
-        (st = kvf_mla_param_set(Ld->kv_a_w, kva)) != KVF_OK || (st = kvf_mla_param_set(Ld->kv_b_w, kvb)) != KVF_OK)
+    if ((st = kvf_cv_tensor_write(Ld->q_w, q)) != KVF_OK || (D && (st = kvf_cv_tensor_write(Ld->k_rope_w, kr)) != KVF_OK) ||
+        (st = kvf_cv_tensor_write(Ld->kv_a_w, kva)) != KVF_OK || (st = kvf_cv_tensor_write(Ld->kv_b_w, kvb)) != KVF_OK)
         goto done;
     if (D) {
         kvf_tensor *fr = Ld->rope_freqs;
