@@ -253,12 +253,12 @@ START_TEST(partial_frequency_selection) {
         kvf_model_free(dst);
     }
     /* norm: make frequency 3 of KV head 1 (both halves) dominate in layer 0's keys */
-    double *wk = kvf_mla_param_get(src->layers[0].k_w);
+    double *wk = kvf_cv_tensor_read(src->layers[0].k_w);
     for (int x = 0; x < 32; x++) {
         wk[(8 + 3) * 32 + x] *= 40;
         wk[(8 + 3 + 4) * 32 + x] *= 40;
     }
-    ck_assert(kvf_mla_param_set(src->layers[0].k_w, wk) == KVF_OK);
+    ck_assert(kvf_cv_tensor_write(src->layers[0].k_w, wk) == KVF_OK);
     free(wk);
     kvf_calib_free(&cal);
     calibrate(src, &cal, 5);
@@ -288,7 +288,7 @@ START_TEST(rorope_f1_exact) {
             ck_assert_msg(kvf_mla_rorope(src, &cal, 1, 1, qa, &rr) == KVF_OK, "%s", kvf_error_message());
             int Dm = 32, d = 8, h = 4, g = kvs[k], half = 4;
             ck_assert_int_eq(rr.pairs, g * half);
-            double *Wq = kvf_mla_param_get(src->layers[1].q_w), *Wk = kvf_mla_param_get(src->layers[1].k_w);
+            double *Wq = kvf_cv_tensor_read(src->layers[1].q_w), *Wk = kvf_cv_tensor_read(src->layers[1].k_w);
             kvf_rng r;
             kvf_rng_init(&r, 99);
             double worst = 0, scale = 0;
