@@ -98,50 +98,10 @@ bool kvf_layout_contiguous(int ndim, const int64_t *shape, int64_t *stride) {
     return true;
 }
 
-kvf_tensor *kvf_tensor_init_owned(kvf_dtype dtype, int ndim, const int64_t *shape) {
-    kvf_tensor *t = calloc(1, sizeof *t + sizeof(struct kvf_storage));
-    KVF_CHECK_NULL(t, KVF_ERR_OOM, "tensor: out of host memory");
-    t->storage = (struct kvf_storage *)(t + 1);
-    t->dtype = dtype;
-    t->ndim = ndim;
-    t->node = -1;
-    if (!kvf_layout_contiguous(ndim, shape, t->stride)) {
-        free(t);
-        kvf_error_set(KVF_ERR_SHAPE, "tensor: bad shape (ndim %d)", ndim);
-        return NULL;
-    }
-    memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
-    size_t nb = kvf_tensor_nbytes(t);
-    t->storage->nbytes = nb;
-    t->storage->device = KVF_DEVICE_CPU;
-    t->storage->owned = true;
-    t->storage->data = calloc(1, nb ? nb : 1);
-    if (!t->storage->data) {
-        free(t);
-        kvf_error_set(KVF_ERR_OOM, "tensor: cannot allocate %zu bytes", nb);
-        return NULL;
-    }
-    return t;
-}
-
-void kvf_tensor_free_owned(kvf_tensor *t) {
-    if (!t) return;
-    if (t->storage && t->storage->owned) {
-        if (t->storage->device == KVF_DEVICE_CPU) {
-            free(t->storage->data);
-        } else {
-            const kvf_backend *be = kvf_backend_get(t->storage->device);
-            if (be) be->free(t->storage->data);
-        }
-    }
-    free(t);
-}
-
 kvf_tensor *kvf_tensor_init_owned_on(kvf_device device, kvf_dtype dtype, int ndim,
                                      const int64_t *shape) {
-    if (device == KVF_DEVICE_CPU) return kvf_tensor_init_owned(dtype, ndim, shape);
-    const kvf_backend *be = kvf_backend_get(device);
-    if (!be) return NULL;
+    const kvf_backend *be = NULL;
+    if (device != KVF_DEVICE_CPU && !(be = kvf_backend_get(device))) return NULL;
     kvf_tensor *t = calloc(1, sizeof *t + sizeof(struct kvf_storage));
     KVF_CHECK_NULL(t, KVF_ERR_OOM, "tensor: out of host memory");
     t->storage = (struct kvf_storage *)(t + 1);
@@ -158,6 +118,15 @@ kvf_tensor *kvf_tensor_init_owned_on(kvf_device device, kvf_dtype dtype, int ndi
     t->storage->nbytes = nb;
     t->storage->device = device;
     t->storage->owned = true;
+    if (!be) {
+        t->storage->data = calloc(1, nb ? nb : 1);
+        if (!t->storage->data) {
+            free(t);
+            kvf_error_set(KVF_ERR_OOM, "tensor: cannot allocate %zu bytes", nb);
+            return NULL;
+        }
+        return t;
+    }
     t->storage->data = be->alloc(nb ? nb : 1); /* error set (bytes, free memory) on failure */
     if (!t->storage->data || be->memset_zero(t->storage->data, nb) != KVF_OK) {
         if (t->storage->data) be->free(t->storage->data);
@@ -165,6 +134,23 @@ kvf_tensor *kvf_tensor_init_owned_on(kvf_device device, kvf_dtype dtype, int ndi
         return NULL;
     }
     return t;
+}
+
+kvf_tensor *kvf_tensor_init_owned(kvf_dtype dtype, int ndim, const int64_t *shape) {
+    return kvf_tensor_init_owned_on(KVF_DEVICE_CPU, dtype, ndim, shape);
+}
+
+void kvf_tensor_free_owned(kvf_tensor *t) {
+    if (!t) return;
+    if (t->storage && t->storage->owned) {
+        if (t->storage->device == KVF_DEVICE_CPU) {
+            free(t->storage->data);
+        } else {
+            const kvf_backend *be = kvf_backend_get(t->storage->device);
+            if (be) be->free(t->storage->data);
+        }
+    }
+    free(t);
 }
 
 static int64_t flat_to_offset(const kvf_tensor *t, int64_t i) {
