@@ -159,6 +159,21 @@ struct kvf_backend {
      * norm: same bits run to run). */
     kvf_status (*adamw)(const kvf_adamw_args *a);
     kvf_status (*sum_squares)(const kvf_tensor *x, double *out);
+
+    /* Optional, for the conversions (convert/calib.c, convert/linalg.c; NULL: they compute
+     * on the CPU). gram_f64: acc ((d+1)×(d+1) f64 row-major, on this device) += Σ_t [x_t; 1]
+     * [y_t; 1]ᵀ over the rows t of x and y (contiguous f32 [..., d] of one shape, on this
+     * device; y NULL or x: the Gram of x). The d×d block is one f32 GEMM with f32
+     * accumulation (no TF32) added into acc in double, the border sums are in double:
+     * close to the CPU's f64 sums when each call covers a batch, not a whole run. */
+    kvf_status (*gram_f64)(double *acc, const kvf_tensor *x, const kvf_tensor *y);
+    /* Dense f64 linear algebra on HOST row-major matrices, computed on this device (upload,
+     * compute, download; blocking), with kvf_eigh_desc / kvf_svd / kvf_dgemm's contracts
+     * (convert/linalg.h): eigenvalues descending, thin SVD, C = op(A)·op(B). */
+    kvf_status (*eigh_f64)(int n, const double *A, double *w, double *V);
+    kvf_status (*svd_f64)(int m, int n, const double *A, double *U, double *s, double *Vt);
+    kvf_status (*dgemm_f64)(bool ta, bool tb, int m, int n, int k, const double *A,
+                            const double *B, double *C);
 };
 typedef struct kvf_backend kvf_backend;
 

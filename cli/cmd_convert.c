@@ -125,6 +125,9 @@ int kvf_cmd_convert(int argc, char **argv) {
         return kvf_cli_fail(KVF_EXIT_USAGE, "--rope-dim is a --to mla option, not --to %s", to);
     if (o.to != KVF_CONVERT_MLA && o.freqfold)
         return kvf_cli_fail(KVF_EXIT_USAGE, "--freqfold is a --to mla option, not --to %s", to);
+    /* the log is progress (a line per calibration step and per layer, minutes apart on a
+     * large model): show each line as it is written, also into a pipe or a file */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     kvf_status s = kvf_convert_run(model, out, &o, stdout);
     fflush(stdout);
     if (s == KVF_OK) return KVF_EXIT_OK;

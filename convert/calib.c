@@ -3,10 +3,22 @@
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "autograd/backend.h"
 #include "autograd/ops.h"
 #include "data/batch.h"
 #include "linalg.h"
+
+/* On a device whose backend has gram_f64 (CUDA), the moments are accumulated where the
+ * activations are, in f64 device buffers, and only the (d+1)² results per layer come to the
+ * host at the end; the host path below is the same sums with dsyrk/dgemm. */
+struct dev_state {
+    const kvf_backend *be;
+    double *gram, *cross; /* device, [n_layers][(d+1)²] each (cross: NULL without partners) */
+    kvf_tensor *x32;      /* f32 contiguous copy of an input that is not (bf16 compute) */
+    kvf_tensor **kept;    /* per layer: its input of the current batch, for a later partner */
+};
 
 struct hook_state {
     kvf_calib *c;
@@ -18,11 +30,49 @@ struct hook_state {
     bool *keep;
     double **kept;
     int64_t *kept_cap;
+    struct dev_state dev;
 };
+
+/* An owned f32 device tensor of h's shape in *slot (reallocated when the shape changed). */
+static kvf_status dev_slot(kvf_tensor **slot, const kvf_tensor *h) {
+    kvf_tensor *t = *slot;
+    if (t && kvf_tensor_numel(t) == kvf_tensor_numel(h) && t->ndim == h->ndim &&
+        !memcmp(t->shape, h->shape, sizeof(int64_t) * (size_t)h->ndim))
+        return KVF_OK;
+    kvf_tensor_free_owned(t);
+    *slot = kvf_tensor_init_owned_on(h->storage->device, KVF_DTYPE_F32, h->ndim, h->shape);
+    return *slot ? KVF_OK : kvf_error_code();
+}
+
+static kvf_status hook_device(int layer, const kvf_tensor *h, struct hook_state *s) {
+    struct dev_state *v = &s->dev;
+    kvf_calib *c = s->c;
+    size_t per = (size_t)((c->d + 1) * (c->d + 1));
+    const kvf_tensor *x = h;
+    if (h->dtype != KVF_DTYPE_F32 || !kvf_tensor_is_contiguous(h)) {
+        KVF_TRY(dev_slot(&v->x32, h));
+        KVF_TRY(v->be->copy(v->x32, h));
+        x = v->x32;
+    }
+    KVF_TRY(v->be->gram_f64(v->gram + per * (size_t)layer, x, NULL));
+    if (s->partner && s->partner[layer] >= 0) {
+        int p = s->partner[layer];
+        const kvf_tensor *xp = v->kept[p];
+        KVF_CHECK(xp && kvf_tensor_numel(xp) == kvf_tensor_numel(x), KVF_ERR_STATE,
+                  "calibration: layer %d's inputs were not kept for layer %d", p, layer);
+        KVF_TRY(v->be->gram_f64(v->cross + per * (size_t)layer, x, xp));
+    }
+    if (s->keep && s->keep[layer]) { /* the arena's h is reused by later ops: keep a copy */
+        KVF_TRY(dev_slot(&v->kept[layer], x));
+        KVF_TRY(v->be->copy(v->kept[layer], x));
+    }
+    return KVF_OK;
+}
 
 static kvf_status hook(int layer, const kvf_tensor *h, void *ud) {
     struct hook_state *s = ud;
     kvf_calib *c = s->c;
+    if (s->dev.be) return hook_device(layer, h, s);
     int64_t d = c->d, rows = kvf_tensor_numel(h) / d;
     if (rows > s->cap_rows) {
         double *nx = realloc(s->xa, sizeof(double) * (size_t)(rows * (d + 1)));
@@ -95,6 +145,57 @@ kvf_status kvf_calib_collect_cross(kvf_model *m, const int32_t *tokens, int64_t 
     return collect(m, tokens, n, seq_len, max_tokens, partner, out, progress);
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Zeroed device accumulators for every layer (and cross moments when asked). */
+static kvf_status dev_begin(struct hook_state *hs, const kvf_backend *be, bool cross) {
+    kvf_calib *c = hs->c;
+    struct dev_state *v = &hs->dev;
+    size_t bytes = sizeof(double) * (size_t)((c->d + 1) * (c->d + 1)) * (size_t)c->n_layers;
+    v->be = be;
+    v->gram = be->alloc(bytes);
+    if (!v->gram) return kvf_error_code();
+    KVF_TRY(be->memset_zero(v->gram, bytes));
+    if (cross) {
+        v->cross = be->alloc(bytes);
+        v->kept = calloc((size_t)c->n_layers, sizeof *v->kept);
+        if (!v->cross) return kvf_error_code();
+        KVF_CHECK(v->kept, KVF_ERR_OOM, "calibration: out of memory");
+        KVF_TRY(be->memset_zero(v->cross, bytes));
+    }
+    return KVF_OK;
+}
+
+/* Downloads the device sums into c->gram / c->cross (when st is OK) and frees the device
+ * state; the status of the first failure. */
+static kvf_status dev_end(struct hook_state *hs, kvf_status st, FILE *progress) {
+    kvf_calib *c = hs->c;
+    struct dev_state *v = &hs->dev;
+    size_t per = (size_t)((c->d + 1) * (c->d + 1));
+    for (int l = 0; st == KVF_OK && l < c->n_layers; l++) {
+        st = v->be->download(c->gram + per * (size_t)l, v->gram + per * (size_t)l, sizeof(double) * per);
+        if (st == KVF_OK && v->cross && c->partner[l] >= 0)
+            st = v->be->download(c->cross + per * (size_t)l, v->cross + per * (size_t)l, sizeof(double) * per);
+    }
+    if (st == KVF_OK && progress) {
+        fprintf(progress, "calibration: %d layers' (%lld+1)² moments accumulated on %s (f32 GEMM per batch, f64 sums)\n",
+                c->n_layers, (long long)c->d, v->be->name);
+        fflush(progress);
+    }
+    v->be->free(v->gram);
+    v->be->free(v->cross);
+    kvf_tensor_free_owned(v->x32);
+    if (v->kept)
+        for (int l = 0; l < c->n_layers; l++) kvf_tensor_free_owned(v->kept[l]);
+    free(v->kept);
+    memset(v, 0, sizeof *v);
+    return st;
+}
+
 static kvf_status collect(kvf_model *m, const int32_t *tokens, int64_t n, int64_t seq_len,
                           int64_t max_tokens, const int *partner, kvf_calib *out, FILE *progress) {
     memset(out, 0, sizeof *out);
@@ -133,15 +234,24 @@ static kvf_status collect(kvf_model *m, const int32_t *tokens, int64_t n, int64_
         }
         hs.partner = out->partner;
     }
+    kvf_status st = KVF_OK;
+    if (m->device != KVF_DEVICE_CPU) {
+        const kvf_backend *be = kvf_backend_get(m->device);
+        if (be && be->gram_f64) st = dev_begin(&hs, be, partner != NULL);
+        else kvf_error_clear(); /* no gram_f64 there: the host path, from downloads */
+    }
     kvf_layer_hook old = m->hook;
     void *old_ud = m->hook_ud;
     m->hook = hook;
     m->hook_ud = &hs;
-    kvf_ctx *ctx = kvf_ctx_init(m->device);
+    kvf_ctx *ctx = st == KVF_OK ? kvf_ctx_init(m->device) : NULL;
     int64_t B = 4;
     int32_t *in = malloc(sizeof(int32_t) * (size_t)(B * seq_len)), *tg = malloc(sizeof(int32_t) * (size_t)(B * seq_len));
-    kvf_status st = ctx && in && tg ? KVF_OK : kvf_error_set(KVF_ERR_OOM, "calibration: out of memory");
+    if (st == KVF_OK && !(ctx && in && tg)) st = kvf_error_set(KVF_ERR_OOM, "calibration: out of memory");
     if (ctx) kvf_ctx_set_grad(ctx, false);
+    const char *where = hs.dev.be ? hs.dev.be->name : "cpu";
+    const double t0 = now_s();
+    int64_t total = windows * seq_len, next_report = 0;
     for (int64_t w = 0; w < windows && st == KVF_OK; w += B) {
         int64_t b = windows - w < B ? windows - w : B;
         if ((st = kvf_eval_windows(tokens, n, seq_len, w, b, in, tg)) != KVF_OK) break;
@@ -149,9 +259,13 @@ static kvf_status collect(kvf_model *m, const int32_t *tokens, int64_t n, int64_
         kvf_tensor *ids = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){b, seq_len}, in);
         if (!ids || !kvf_model_forward(m, ctx, ids)) st = kvf_error_code();
         out->tokens += b * seq_len;
-        if (progress && st == KVF_OK)
-            fprintf(progress, "calibration: %lld / %lld tokens\n", (long long)out->tokens,
-                    (long long)(windows * seq_len));
+        /* about ten lines per run: every batch would flood the log of a long calibration */
+        if (progress && st == KVF_OK && (out->tokens >= next_report || out->tokens == total)) {
+            fprintf(progress, "calibration: %lld / %lld tokens (%.1f s on %s)\n", (long long)out->tokens,
+                    (long long)total, now_s() - t0, where);
+            fflush(progress);
+            next_report = out->tokens + (total + 9) / 10;
+        }
     }
     m->hook = old;
     m->hook_ud = old_ud;
@@ -159,6 +273,7 @@ static kvf_status collect(kvf_model *m, const int32_t *tokens, int64_t n, int64_
     free(in);
     free(tg);
     free(hs.xa);
+    if (hs.dev.be) st = dev_end(&hs, st, progress);
     if (hs.kept)
         for (int l = 0; l < out->n_layers; l++) free(hs.kept[l]);
     free(hs.kept);

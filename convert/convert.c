@@ -9,9 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "convert_impl.h"
+#include "linalg.h"
 #include "data/corpus.h"
 #include "data/tokenizer_load.h"
 #include "model/checkpoint.h"
@@ -357,6 +359,48 @@ static kvf_model *cla_calib_select(const kvf_model *src, const kvf_convert_opts 
     return best;
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* --device cuda: the factorisations go to cuSOLVER / cuBLAS too (linalg.h), for problems of
+ * at least KVF_LINALG_GPU_MIN_FLOPS, or $KVF_LINALG_GPU_MIN_FLOPS (0: all of them, as the GPU
+ * tests do). */
+static kvf_status linalg_begin(const kvf_convert_opts *o, FILE *log) {
+    if (o->device == KVF_DEVICE_CPU) return KVF_OK;
+    const char *e = getenv("KVF_LINALG_GPU_MIN_FLOPS");
+    char *end = NULL;
+    double min_flops = e && *e ? strtod(e, &end) : -1;
+    KVF_CHECK(!e || !*e || (end && !*end && min_flops >= 0), KVF_ERR_ARG,
+              "KVF_LINALG_GPU_MIN_FLOPS=%s: expected a number >= 0", e);
+    KVF_TRY(kvf_linalg_set_device(o->device, min_flops));
+    if (log) {
+        fprintf(log, "factorisations: eigh / SVD / dgemm in f64 on %s (cuSOLVER, cuBLAS) from %.0e flops, smaller ones "
+                     "on the CPU\n",
+                kvf_device_name(o->device), min_flops < 0 ? KVF_LINALG_GPU_MIN_FLOPS : min_flops);
+        fflush(log);
+    }
+    return KVF_OK;
+}
+
+static void linalg_end(const kvf_convert_opts *o, double seconds, FILE *log) {
+    struct kvf_linalg_counts n = kvf_linalg_device_counts();
+    const char *failed = o->device == KVF_DEVICE_CPU ? NULL : kvf_linalg_take_failure();
+    if (o->device != KVF_DEVICE_CPU) kvf_linalg_set_device(KVF_DEVICE_CPU, -1);
+    if (!log) return;
+    if (o->device == KVF_DEVICE_CPU) {
+        fprintf(log, "factorisations: %.1f s on the cpu\n", seconds);
+        return;
+    }
+    fprintf(log, "factorisations: %.1f s; on %s: %ld eigh, %ld SVD, %ld dgemm\n", seconds,
+            kvf_device_name(o->device), n.eigh, n.svd, n.dgemm);
+    if (failed)
+        fprintf(log, "note: a dgemm failed on %s and was redone on the CPU: %s\n", kvf_device_name(o->device),
+                failed);
+}
+
 static kvf_status run_in_memory(const char *src_dir, const kvf_convert_opts *o, const kvf_model_config *c,
                                 const kvf_model_config *nc, kvf_dtype dtype, const char *tmp, FILE *log) {
     kvf_tokenizer *tok = NULL;
@@ -380,20 +424,25 @@ static kvf_status run_in_memory(const char *src_dir, const kvf_convert_opts *o, 
         fprintf(log, "loaded %s: %d layers, %d query heads, %d KV heads, d_model %lld\n", src_dir, c->n_layers,
                 c->n_q_heads, c->n_kv_heads, (long long)c->d_model);
     if (s == KVF_OK && need_calib) {
+        double t0 = now_s();
         int64_t T = o->calib_seq_len ? o->calib_seq_len : 256;
         if (o->to == KVF_CONVERT_CLA) {
             int partner[KVF_MAX_LAYERS];
             for (int l = 0; l < c->n_layers; l++)
                 partner[l] = kvf_model_is_producer(c, l) && nc->kv_source[l] != l ? nc->kv_source[l] : -1;
-            s = kvf_calib_collect_cross(src, calib_ts.data, calib_ts.count, T, o->calib_tokens, partner, &calib, NULL);
+            s = kvf_calib_collect_cross(src, calib_ts.data, calib_ts.count, T, o->calib_tokens, partner, &calib, log);
         } else {
-            s = kvf_calib_collect(src, calib_ts.data, calib_ts.count, T, o->calib_tokens, &calib, NULL);
+            s = kvf_calib_collect(src, calib_ts.data, calib_ts.count, T, o->calib_tokens, &calib, log);
         }
         if (s == KVF_OK && log)
-            fprintf(log, "calibration: %lld tokens from %s (windows of %lld)\n", (long long)calib.tokens,
-                    o->calib_path, (long long)(T < c->max_seq_len ? T : c->max_seq_len));
+            fprintf(log, "calibration: %lld tokens from %s (windows of %lld, %.1f s on %s)\n", (long long)calib.tokens,
+                    o->calib_path, (long long)(T < c->max_seq_len ? T : c->max_seq_len), now_s() - t0,
+                    kvf_device_name(src->device));
     }
     if (s == KVF_OK && o->eval_path) s = evaluate(src, &eval_ts, o, &before);
+    double t_fact = now_s();
+    bool linalg_set = false;
+    if (s == KVF_OK) linalg_set = (s = linalg_begin(o, log)) == KVF_OK;
     if (s == KVF_OK) {
         const kvf_calib *cp = need_calib ? &calib : NULL;
         switch (o->to) {
@@ -409,6 +458,7 @@ static kvf_status run_in_memory(const char *src_dir, const kvf_convert_opts *o, 
         }
         if (!dst) s = kvf_error_code() ? kvf_error_code() : kvf_error_set(KVF_ERR_STATE, "convert: conversion failed");
     }
+    if (linalg_set) linalg_end(o, now_s() - t_fact, s == KVF_OK ? log : NULL);
     kvf_calib_free(&calib);
     if (s == KVF_OK) report_kv(log, c, &dst->cfg);
     if (s == KVF_OK && o->eval_path) {

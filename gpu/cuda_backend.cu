@@ -224,6 +224,10 @@ static void table_init(void) {
     t->swiglu_backward = kvf_cuda_swiglu_backward;
     t->adamw = kvf_cuda_adamw;
     t->sum_squares = kvf_cuda_sum_squares;
+    t->gram_f64 = kvf_cuda_gram_f64;
+    t->eigh_f64 = kvf_cuda_eigh_f64;
+    t->svd_f64 = kvf_cuda_svd_f64;
+    t->dgemm_f64 = kvf_cuda_dgemm_f64;
 }
 
 static void once(void) {

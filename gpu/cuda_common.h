@@ -248,6 +248,13 @@ kvf_status kvf_cuda_embedding_backward(kvf_tensor *dweight, const kvf_tensor *id
 kvf_status kvf_cuda_adamw(const kvf_adamw_args *a);
 kvf_status kvf_cuda_sum_squares(const kvf_tensor *x, double *out);
 
+/* cuda_linalg.cu (the conversions' f64 work; backend.h describes the contract) */
+kvf_status kvf_cuda_gram_f64(double *acc, const kvf_tensor *x, const kvf_tensor *y);
+kvf_status kvf_cuda_eigh_f64(int n, const double *A, double *w, double *V);
+kvf_status kvf_cuda_svd_f64(int m, int n, const double *A, double *U, double *s, double *Vt);
+kvf_status kvf_cuda_dgemm_f64(bool ta, bool tb, int m, int n, int k, const double *A, const double *B,
+                              double *C);
+
 /* cuda_attention.cu */
 kvf_status kvf_cuda_attention(kvf_tensor *out, kvf_tensor *lse, const kvf_tensor *q,
                               const kvf_tensor *k, const kvf_tensor *v, const kvf_attn_cfg *cfg);

@@ -14,12 +14,16 @@
  * whole tiny models (f32) giving the CPU's loss and parameter gradients; training: the fused
  * AdamW kernel and the device gradient norm against the CPU loops, AdamW steps of tiny models
  * on the GPU (f32, and bf16 compute with f32 masters) against the CPU's, and kvf_train on
- * cuda end to end (learning, val loss ≈ the CPU run's, checkpoint, resume). */
+ * cuda end to end (learning, val loss ≈ the CPU run's, checkpoint, resume); conversions: the
+ * calibration moments collected on the GPU against the CPU's (1e-5), cuSOLVER eigh / SVD and
+ * cuBLAS dgemm against LAPACKE / OpenBLAS (1e-9 in double), and `convert --device cuda` end to
+ * end on the tiny-llama-mha fixture (val loss within 1e-3 of --device cpu). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "autograd/backend.h"
 #include "autograd/context.h"
@@ -27,6 +31,9 @@
 #include "autograd/params.h"
 #include "autograd/rng.h"
 #include "autograd/tape.h"
+#include "convert/calib.h"
+#include "convert/convert.h"
+#include "convert/linalg.h"
 #include "data/fsutil.h"
 #include "model/checkpoint.h"
 #include "model/transformer.h"
@@ -1266,6 +1273,256 @@ START_TEST(trainer_on_cuda) {
 }
 END_TEST
 
+/* ---- conversions: calibration moments and f64 factorisations on the GPU --------------------------- */
+
+/* ‖a − b‖ / ‖b‖ over n doubles. */
+static double rel_err_f64(const double *a, const double *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* The per-layer augmented Gram matrices (and the cross moments of CLA calibration) collected
+ * from a model on the GPU (backend gram_f64: f32 GEMM per batch, f64 sums) against the CPU's
+ * f64 dsyrk/dgemm path on the same weights and tokens. */
+START_TEST(calib_gram_vs_cpu) {
+    kvf_model_config c;
+    tiny_cfg(&c, "mha");
+    c.max_seq_len = 64;
+    kvf_model *mc = kvf_model_init(&c, KVF_DEVICE_CPU);
+    ck_assert_msg(mc != NULL, "%s", kvf_error_message());
+    ck_assert_int_eq(kvf_model_init_weights(mc, 11), KVF_OK);
+    kvf_rng r;
+    kvf_rng_init(&r, 5);
+    for (int i = 0; i < kvf_params_count(mc->params); i++) {
+        kvf_tensor *t = kvf_params_at(mc->params, i);
+        for (int64_t j = 0; j < kvf_tensor_numel(t); j++)
+            kvf_tensor_set_flat(t, j, kvf_tensor_get_flat(t, j) + 0.1 * kvf_rng_normal(&r));
+    }
+    kvf_model *mg = kvf_model_init(&c, KVF_DEVICE_CUDA);
+    ck_assert_msg(mg != NULL, "%s", kvf_error_message());
+    const int64_t np = kvf_params_numel(mc->params);
+    ck_assert_int_eq(kvf_ctx_backend(g_gpu)->upload(kvf_tensor_data(kvf_params_values(mg->params)),
+                                                    kvf_tensor_data(kvf_params_values(mc->params)),
+                                                    sizeof(float) * (size_t)np), KVF_OK);
+    /* 9 windows of 64: two full batches of 4 and a last batch of 1 (a new input shape) */
+    const int64_t n = 9 * 64 + 1;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)kvf_rng_below(&r, (uint64_t)c.vocab_size);
+    const int partner[3] = {-1, 0, 0};
+    for (int cross = 0; cross < 2; cross++) {
+        kvf_calib cc, cg;
+        kvf_status sc = cross ? kvf_calib_collect_cross(mc, tok, n, 64, 0, partner, &cc, NULL)
+                              : kvf_calib_collect(mc, tok, n, 64, 0, &cc, NULL);
+        ck_assert_msg(sc == KVF_OK, "cpu: %s", kvf_error_message());
+        kvf_status sg = cross ? kvf_calib_collect_cross(mg, tok, n, 64, 0, partner, &cg, NULL)
+                              : kvf_calib_collect(mg, tok, n, 64, 0, &cg, NULL);
+        ck_assert_msg(sg == KVF_OK, "cuda: %s", kvf_error_message());
+        ck_assert_int_eq(cg.tokens, cc.tokens);
+        const int64_t per = (c.d_model + 1) * (c.d_model + 1);
+        for (int l = 0; l < c.n_layers; l++) {
+            const double *gg = kvf_calib_gram(&cg, l), *gc = kvf_calib_gram(&cc, l);
+            double e = rel_err_f64(gg, gc, per);
+            ck_assert_msg(e <= 1e-5, "layer %d gram: relative error %.3g", l, e);
+            ck_assert_msg(gg[per - 1] == (double)cc.tokens, "layer %d: count %g, want %lld", l, gg[per - 1],
+                          (long long)cc.tokens);
+            if (cross) {
+                const double *xg = kvf_calib_cross(&cg, l), *xc = kvf_calib_cross(&cc, l);
+                ck_assert_msg((xg == NULL) == (partner[l] < 0) && (xc == NULL) == (xg == NULL), "layer %d cross", l);
+                if (xg) {
+                    e = rel_err_f64(xg, xc, per);
+                    ck_assert_msg(e <= 1e-5, "layer %d cross moment: relative error %.3g", l, e);
+                }
+            }
+        }
+        kvf_calib_free(&cc);
+        kvf_calib_free(&cg);
+    }
+    free(tok);
+    kvf_model_free(mg);
+    kvf_model_free(mc);
+}
+END_TEST
+
+static double *rand_mat(kvf_rng *r, int64_t n) {
+    double *a = malloc(sizeof(double) * (size_t)(n ? n : 1));
+    for (int64_t i = 0; i < n; i++) a[i] = kvf_rng_normal(r);
+    return a;
+}
+
+/* cuSOLVER eigh / SVD and cuBLAS dgemm (the backend's f64 entries, then through linalg.h with
+ * the device set) against LAPACKE / OpenBLAS on random matrices, in double. */
+START_TEST(linalg_vs_lapacke) {
+    const kvf_backend *be = kvf_ctx_backend(g_gpu);
+    ck_assert_ptr_nonnull(be->eigh_f64);
+    kvf_rng r;
+    kvf_rng_init(&r, 77);
+    /* SPD with a spread spectrum: A = X Xᵀ + n·I, X n×n */
+    static const int eig_n[] = {1, 5, 64, 301};
+    for (size_t t = 0; t < sizeof eig_n / sizeof *eig_n; t++) {
+        int n = eig_n[t];
+        double *X = rand_mat(&r, (int64_t)n * n), *A = malloc(sizeof(double) * (size_t)n * n);
+        kvf_dgemm(false, true, n, n, n, X, X, A);
+        for (int i = 0; i < n; i++) A[(size_t)i * n + i] += n;
+        double *wc = malloc(sizeof(double) * n), *wg = malloc(sizeof(double) * n);
+        double *Vc = malloc(sizeof(double) * (size_t)n * n), *Vg = malloc(sizeof(double) * (size_t)n * n);
+        ck_assert_msg(kvf_eigh_desc(n, A, wc, Vc) == KVF_OK, "%s", kvf_error_message());
+        ck_assert_msg(be->eigh_f64(n, A, wg, Vg) == KVF_OK, "%s", kvf_error_message());
+        double e = rel_err_f64(wg, wc, n);
+        ck_assert_msg(e <= 1e-9, "eigh n %d: eigenvalues off by %.3g", n, e);
+        for (int i = 1; i < n; i++) ck_assert_msg(wg[i - 1] >= wg[i], "eigh n %d: not descending at %d", n, i);
+        /* V diag(w) Vᵀ = A */
+        double *VW = malloc(sizeof(double) * (size_t)n * n), *R = malloc(sizeof(double) * (size_t)n * n);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) VW[(size_t)i * n + j] = Vg[(size_t)i * n + j] * wg[j];
+        kvf_dgemm(false, true, n, n, n, VW, Vg, R);
+        e = rel_err_f64(R, A, (int64_t)n * n);
+        ck_assert_msg(e <= 1e-9, "eigh n %d: reconstruction off by %.3g", n, e);
+        free(X), free(A), free(wc), free(wg), free(Vc), free(Vg), free(VW), free(R);
+    }
+    /* thin SVD, wide, tall and square */
+    static const int svd_mn[][2] = {{1, 7}, {40, 90}, {90, 40}, {64, 64}, {300, 129}};
+    for (size_t t = 0; t < sizeof svd_mn / sizeof *svd_mn; t++) {
+        int m = svd_mn[t][0], n = svd_mn[t][1], k = m < n ? m : n;
+        double *A = rand_mat(&r, (int64_t)m * n);
+        double *Uc = malloc(sizeof(double) * (size_t)m * k), *Ug = malloc(sizeof(double) * (size_t)m * k);
+        double *Vc = malloc(sizeof(double) * (size_t)k * n), *Vg = malloc(sizeof(double) * (size_t)k * n);
+        double *sc = malloc(sizeof(double) * k), *sg = malloc(sizeof(double) * k);
+        ck_assert_msg(kvf_svd(m, n, A, Uc, sc, Vc) == KVF_OK, "%s", kvf_error_message());
+        ck_assert_msg(be->svd_f64(m, n, A, Ug, sg, Vg) == KVF_OK, "%s", kvf_error_message());
+        double e = rel_err_f64(sg, sc, k);
+        ck_assert_msg(e <= 1e-9, "svd %d×%d: singular values off by %.3g", m, n, e);
+        double *US = malloc(sizeof(double) * (size_t)m * k), *R = malloc(sizeof(double) * (size_t)m * n);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < k; j++) US[(size_t)i * k + j] = Ug[(size_t)i * k + j] * sg[j];
+        kvf_dgemm(false, false, m, n, k, US, Vg, R);
+        e = rel_err_f64(R, A, (int64_t)m * n);
+        ck_assert_msg(e <= 1e-9, "svd %d×%d: reconstruction off by %.3g", m, n, e);
+        free(A), free(Uc), free(Ug), free(Vc), free(Vg), free(sc), free(sg), free(US), free(R);
+    }
+    /* dgemm, every transpose combination */
+    for (int f = 0; f < 4; f++) {
+        bool ta = f & 1, tb = f & 2;
+        int m = 37, n = 53, k = 29;
+        double *A = rand_mat(&r, (int64_t)m * k), *B = rand_mat(&r, (int64_t)k * n);
+        double *Cc = malloc(sizeof(double) * (size_t)m * n), *Cg = malloc(sizeof(double) * (size_t)m * n);
+        kvf_dgemm(ta, tb, m, n, k, A, B, Cc);
+        ck_assert_msg(be->dgemm_f64(ta, tb, m, n, k, A, B, Cg) == KVF_OK, "%s", kvf_error_message());
+        double e = rel_err_f64(Cg, Cc, (int64_t)m * n);
+        ck_assert_msg(e <= 1e-12, "dgemm ta %d tb %d: off by %.3g", ta, tb, e);
+        free(A), free(B), free(Cc), free(Cg);
+    }
+    /* through linalg.h: everything on the device (min_flops 0), counted */
+    ck_assert_msg(kvf_linalg_set_device(KVF_DEVICE_CUDA, 0) == KVF_OK, "%s", kvf_error_message());
+    double S[4] = {2, 1, 1, 3}, w[2], V[4], P[4];
+    ck_assert_int_eq(kvf_eigh_desc(2, S, w, V), KVF_OK);
+    kvf_dgemm(false, true, 2, 2, 2, S, S, P);
+    struct kvf_linalg_counts cnt = kvf_linalg_device_counts();
+    ck_assert_msg(cnt.eigh == 1 && cnt.dgemm == 1, "device counts: eigh %ld, dgemm %ld", cnt.eigh, cnt.dgemm);
+    ck_assert_msg(fabs(w[0] - (2.5 + sqrt(1.25))) <= 1e-12 && fabs(P[1] - 5.0) <= 1e-12, "w %g, P %g", w[0], P[1]);
+    ck_assert_ptr_null(kvf_linalg_take_failure());
+    ck_assert_int_eq(kvf_linalg_set_device(KVF_DEVICE_CPU, -1), KVF_OK);
+}
+END_TEST
+
+/* "val loss: before B (ppl ..) → after A" from a conversion log; NAN when missing. */
+static double logged_val_loss(const char *log) {
+    const char *p = strstr(log, "→ after ");
+    return p ? strtod(p + strlen("→ after "), NULL) : NAN;
+}
+
+static char *read_all(FILE *f) {
+    fflush(f);
+    long n = ftell(f);
+    char *s = calloc((size_t)n + 1, 1);
+    rewind(f);
+    size_t got = fread(s, 1, (size_t)n, f);
+    s[got] = '\0';
+    return s;
+}
+
+/* `kvforge convert --device cuda` vs --device cpu on the tiny-llama-mha fixture: GQA calib, MLA
+ * (deepseek) and CLA calib, with every factorisation on the GPU (KVF_LINALG_GPU_MIN_FLOPS=0).
+ * Both outputs are written and load; their val losses agree to 1e-3. */
+static const char *conv_cases[] = {"gqa", "mla", "cla"};
+
+START_TEST(convert_on_cuda) {
+    const char *shared = getenv("KVF_SHARED");
+    char src[600];
+    snprintf(src, sizeof src, "%s/fixtures/tiny-llama-mha", shared ? shared : "../shared");
+    if (access(src, F_OK) != 0) {
+        fprintf(stderr, "convert_on_cuda: no fixture %s (set KVF_SHARED): skipped\n", src);
+        return;
+    }
+    char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/kvf_gpu_conv_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char text[300];
+    snprintf(text, sizeof text, "%s/calib.txt", dir);
+    FILE *f = fopen(text, "wb");
+    ck_assert_ptr_nonnull(f);
+    static const char *w[] = {"and", "the", "lord", "said", "unto", "moses", "in", "land", "of", "egypt",
+                              "went", "up", "house", "people", "king", "city"};
+    unsigned s = 4242;
+    for (int i = 0; i < 12000; i++) {
+        s = s * 1103515245u + 12345u;
+        fprintf(f, "%s%s", w[(s >> 16) % 16], i % 11 == 10 ? ".\n" : " ");
+    }
+    fclose(f);
+    setenv("KVF_LINALG_GPU_MIN_FLOPS", "0", 1);
+    const char *what = conv_cases[_i];
+    double loss[2];
+    for (int dev = 0; dev < 2; dev++) {
+        kvf_convert_opts o;
+        kvf_convert_opts_defaults(&o);
+        if (!strcmp(what, "gqa")) {
+            o.to = KVF_CONVERT_GQA;
+            o.kv_heads = 2;
+            snprintf(o.method, sizeof o.method, "calib");
+        } else if (!strcmp(what, "mla")) {
+            o.to = KVF_CONVERT_MLA;
+            o.kv_rank = 32;
+            o.rope_dim = 8;
+        } else {
+            o.to = KVF_CONVERT_CLA;
+            o.share = 2;
+            snprintf(o.method, sizeof o.method, "calib");
+        }
+        o.calib_path = o.eval_path = text;
+        o.calib_tokens = 8192;
+        o.eval_tokens = 8192;
+        o.device = dev ? KVF_DEVICE_CUDA : KVF_DEVICE_CPU;
+        char out[400];
+        snprintf(out, sizeof out, "%s/%s_%s", dir, what, dev ? "cuda" : "cpu");
+        FILE *log = tmpfile();
+        ck_assert_ptr_nonnull(log);
+        kvf_status st = kvf_convert_run(src, out, &o, log);
+        char *txt = read_all(log);
+        fclose(log);
+        ck_assert_msg(st == KVF_OK, "%s on %s: %s\n%s", what, dev ? "cuda" : "cpu", kvf_error_message(), txt);
+        loss[dev] = logged_val_loss(txt);
+        ck_assert_msg(isfinite(loss[dev]), "%s: no val loss in the log:\n%s", what, txt);
+        if (dev) { /* the work ran on the GPU, with progress lines */
+            ck_assert_msg(strstr(txt, "moments accumulated on cuda") && strstr(txt, "calibration: 8192 / 8192 tokens") &&
+                              strstr(txt, "factorisations: ") && !strstr(txt, "on cuda: 0 eigh, 0 SVD, 0 dgemm") &&
+                              !strstr(txt, "redone on the CPU"),
+                          "%s: the cuda log lacks its GPU lines:\n%s", what, txt);
+            fprintf(stderr, "convert %s on cuda: val loss %.5f (cpu %.5f)\n%s", what, loss[1], loss[0], txt);
+        }
+        free(txt);
+        kvf_model *m = kvf_checkpoint_load(out, KVF_DEVICE_CPU);
+        ck_assert_msg(m != NULL, "%s: %s", out, kvf_error_message());
+        kvf_model_free(m);
+    }
+    unsetenv("KVF_LINALG_GPU_MIN_FLOPS");
+    ck_assert_msg(fabs(loss[1] - loss[0]) <= 1e-3, "%s: val loss cuda %.6f vs cpu %.6f", what, loss[1], loss[0]);
+    kvf_fs_remove_tree(dir);
+}
+END_TEST
+
 /* ---- main ------------------------------------------------------------------------------------- */
 
 #define NCASES(a) (int)(sizeof(a) / sizeof((a)[0]))
@@ -1307,6 +1564,9 @@ int main(void) {
         tcase_add_loop_test(tc, train_steps_vs_cpu, 0, NCASES(train_variants));
         tcase_add_test(tc, trainer_on_cuda);
     }
+    if (WANT("calib")) tcase_add_test(tc, calib_gram_vs_cpu);
+    if (WANT("linalg")) tcase_add_test(tc, linalg_vs_lapacke);
+    if (WANT("convert")) tcase_add_loop_test(tc, convert_on_cuda, 0, NCASES(conv_cases));
 #undef WANT
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
