@@ -143,6 +143,7 @@ static kvf_status check_against(const kvf_convert_opts *o, const kvf_model_confi
         KVF_CHECK(c->pos == KVF_POS_ROPE, KVF_ERR_UNSUPPORTED,
                   "--to mla: the source has no RoPE (learned or no positions); the MLA conversions keep RoPE "
                   "dimensions");
+        KVF_TRY(kvf_mla_check_opts(c, o)); /* ranks, RoPE width, FreqFold, biases: before any weight is read */
         break;
     }
     KVF_CHECK(!needs_calib_for(o, c) || o->calib_path, KVF_ERR_ARG,
@@ -492,9 +493,15 @@ kvf_status kvf_convert_run(const char *src_dir, const char *dst_dir, const kvf_c
     if (oo.calib_path && needs_calib_for(&oo, &c))
         KVF_CHECK(access(oo.calib_path, R_OK) == 0, KVF_ERR_IO, "--calib %s: %s", oo.calib_path, strerror(errno));
     if (oo.eval_path) KVF_CHECK(access(oo.eval_path, R_OK) == 0, KVF_ERR_IO, "--eval %s: %s", oo.eval_path, strerror(errno));
+    kvf_dtype dtype = oo.save_dtype == KVF_DTYPE_COUNT ? source_dtype(src_dir) : oo.save_dtype;
+    /* the DeepSeek form folds the latent RMSNorm into weights scaled near 1e-6 (docs/conversions.md),
+     * below f16's normal range: f16 would flush part of them to zero */
+    if (oo.to == KVF_CONVERT_MLA && !is_partial(&oo) && dtype == KVF_DTYPE_F16) {
+        return kvf_error_set(KVF_ERR_ARG, "--to mla --style deepseek cannot write f16 weights (the folded latent norm scales "
+                             "weights to ~1e-6, below f16's range): use --dtype bf16 or f32");
+    }
     struct out_dir od;
     KVF_TRY(out_begin(dst_dir, &od));
-    kvf_dtype dtype = oo.save_dtype == KVF_DTYPE_COUNT ? source_dtype(src_dir) : oo.save_dtype;
     bool stream = !oo.eval_path && oo.device == KVF_DEVICE_CPU && kvf_cv_can_stream(&c, arch, &oo) &&
                   kvf_hf_config_arch(&nc) != KVF_HF_GPT2;
     if (log)

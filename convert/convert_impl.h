@@ -84,6 +84,9 @@ kvf_status kvf_cv_solve_right(int rows, int n, const double *R, const double *G,
 /* Validation shared by the driver and the conversion functions (messages name the option). */
 kvf_status kvf_cv_check_gqa(const kvf_model_config *c, const kvf_convert_opts *o, int *kv_out,
                             bool allow_same);
+/* Every --to mla check that needs only the source config (route, RoPE width, FreqFold, ranks,
+ * biases): the driver calls it before loading weights or reading calibration text. */
+kvf_status kvf_mla_check_opts(const kvf_model_config *c, const kvf_convert_opts *o);
 /* Producer list (sorted, starting at 0) from --share / --producers, checked against c. */
 kvf_status kvf_cv_cla_producers(const kvf_model_config *c, const kvf_convert_opts *o,
                                 int *producers, int *n_producers);

@@ -29,8 +29,7 @@ kvf_status kvf_mla_copy_common(const kvf_model *src, kvf_model *dst) {
     return KVF_OK;
 }
 
-kvf_status kvf_mla_check_source(const kvf_model *src, const char *what) {
-    const kvf_model_config *c = &src->cfg;
+kvf_status kvf_mla_check_config(const kvf_model_config *c, const char *what) {
     KVF_CHECK(c->attn == KVF_ATTN_STANDARD, KVF_ERR_UNSUPPORTED,
               "convert --to mla (%s): the source already uses %s; convert from an MHA/GQA model", what,
               c->attn == KVF_ATTN_MLA ? "MLA (DeepSeek form)" : "partial-RoPE MLA");
@@ -51,6 +50,16 @@ kvf_status kvf_mla_check_source(const kvf_model *src, const char *what) {
         KVF_CHECK(kvf_model_is_producer(c, l), KVF_ERR_UNSUPPORTED,
                   "convert --to mla (%s): layer %d reuses the K/V of layer %d (cross-layer sharing); "
                   "convert a model where every layer has its own K/V", what, l, c->kv_source[l]);
+    KVF_CHECK(!c->qkv_bias && !c->o_bias, KVF_ERR_UNSUPPORTED,
+              "convert --to mla (%s): the source has attention biases (%s); neither MLA form in kvforge "
+              "(nor DeepSeek-V3's q_proj/kv_b_proj) has one, so MLA conversion needs a source without "
+              "attention biases (--to gqa and --to cla keep them)",
+              what, c->qkv_bias ? "q/k/v, as in Qwen2" : "o_proj");
+    return KVF_OK;
+}
+
+kvf_status kvf_mla_check_source(const kvf_model *src, const char *what) {
+    KVF_TRY(kvf_mla_check_config(&src->cfg, what));
     KVF_CHECK(src->rope_inv_freq, KVF_ERR_STATE, "convert --to mla (%s): the source has no RoPE table", what);
     return KVF_OK;
 }

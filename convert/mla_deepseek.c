@@ -506,60 +506,65 @@ done:
     return st;
 }
 
+/* The route's dimensions from the source config and the options, with every check that needs
+ * no weights (so the driver can refuse before loading anything). */
+static kvf_status ds_dims_init(const kvf_model_config *c, const kvf_convert_opts *o, const kvf_mla_tuning *tu,
+                               struct ds_dims *z) {
+    KVF_TRY(kvf_mla_check_config(c, "deepseek"));
+    memset(z, 0, sizeof *z);
+    z->Dm = (int)c->d_model;
+    z->h = c->n_q_heads;
+    z->g = c->n_kv_heads;
+    z->rep = z->h / z->g;
+    z->d = c->head_dim;
+    z->dv = c->v_head_dim;
+    z->L = z->g * z->d;
+    KVF_CHECK(o->rope_dim != -1, KVF_ERR_ARG,
+                   "convert: --rope-dim all is only for --style partial-rope; --style deepseek needs the "
+                   "shared RoPE key's dimension (an even divisor of head_dim %d)", z->d);
+    z->m = o->rope_dim;
+    KVF_CHECK(z->m >= 2 && z->m % 2 == 0 && z->m <= z->d && z->d % z->m == 0, KVF_ERR_ARG,
+                   "convert: --rope-dim %d does not work with --style deepseek: it must be even, at least 2, "
+                   "at most head_dim %d and divide it (each pair of the shared RoPE key stands for "
+                   "head_dim/rope_dim original frequencies)",
+                   z->m, z->d);
+    z->c = z->d / z->m;
+    z->F = o->freqfold > 0 ? o->freqfold : z->c;
+    KVF_CHECK(z->F % z->c == 0, KVF_ERR_ARG,
+                   "convert: --freqfold %d must be a multiple of head_dim/rope_dim = %d/%d = %d (FreqFold "
+                   "folds that many frequencies into each kept RoPE pair)",
+                   z->F, z->d, z->m, z->c);
+    KVF_CHECK((z->d / 2) % z->F == 0, KVF_ERR_ARG, "convert: --freqfold %d must divide head_dim/2 = %d",
+                   z->F, z->d / 2);
+    z->nr = z->F / z->c;
+    z->gs = z->g * z->F;
+    z->ngrp = z->d / 2 / z->F;
+    z->Lk = z->L - z->m;
+    z->W = z->Lk + z->g * z->dv;
+    z->R = o->kv_rank;
+    KVF_CHECK(z->R >= 1, KVF_ERR_ARG, "convert: --kv-rank is required (1 .. %d for this model)", z->W);
+    KVF_CHECK(z->R <= z->W, KVF_ERR_ARG,
+                   "convert: --kv-rank %d is above the maximum %d for this model (the width of [K_nope, V] "
+                   "over all KV heads: 2·%d·%d − %d)",
+                   z->R, z->W, z->g, z->d, z->m);
+    z->RQ = o->q_rank;
+    KVF_CHECK(z->RQ >= 0 && z->RQ <= z->h * z->d, KVF_ERR_ARG,
+                   "convert: --q-rank %d is above the maximum %d for this model (query heads × head_dim)",
+                   z->RQ, z->h * z->d);
+    KVF_CHECK(tu->factor != KVF_MLA_FACTOR_SVD, KVF_ERR_ARG,
+                   "convert: the deepseek route factorises by activation PCA, not weight SVD");
+    KVF_CHECK(tu->factor != KVF_MLA_FACTOR_IDENTITY || z->R == z->W, KVF_ERR_ARG,
+                   "convert: the identity latent needs --kv-rank %d", z->W);
+    return KVF_OK;
+}
+
 kvf_model *kvf_convert_mla_deepseek_tuned(const kvf_model *src, const kvf_convert_opts *o,
                                           const kvf_calib *calib, const kvf_mla_tuning *tu,
                                           FILE *log) {
     if (kvf_mla_check_source(src, "deepseek") != KVF_OK) return NULL;
     const kvf_model_config *c = &src->cfg;
-    KVF_CHECK_NULL(!c->qkv_bias && !c->o_bias, KVF_ERR_UNSUPPORTED,
-                   "convert --to mla --style deepseek: the source has attention biases (%s); DeepSeek-V3's "
-                   "q_proj/kv_b_proj take no bias and neither MLA form in kvforge has one, so MLA "
-                   "conversion needs a source without attention biases (--to gqa and --to cla keep them)",
-                   c->qkv_bias ? "q/k/v, as in Qwen2" : "o_proj");
-    struct ds_dims z = {0};
-    z.Dm = (int)c->d_model;
-    z.h = c->n_q_heads;
-    z.g = c->n_kv_heads;
-    z.rep = z.h / z.g;
-    z.d = c->head_dim;
-    z.dv = c->v_head_dim;
-    z.L = z.g * z.d;
-    KVF_CHECK_NULL(o->rope_dim != -1, KVF_ERR_ARG,
-                   "convert: --rope-dim all is only for --style partial-rope; --style deepseek needs the "
-                   "shared RoPE key's dimension (an even divisor of head_dim %d)", z.d);
-    z.m = o->rope_dim;
-    KVF_CHECK_NULL(z.m >= 2 && z.m % 2 == 0 && z.m <= z.d && z.d % z.m == 0, KVF_ERR_ARG,
-                   "convert: --rope-dim %d does not work with --style deepseek: it must be even, at least 2, "
-                   "at most head_dim %d and divide it (each pair of the shared RoPE key stands for "
-                   "head_dim/rope_dim original frequencies)",
-                   z.m, z.d);
-    z.c = z.d / z.m;
-    z.F = o->freqfold > 0 ? o->freqfold : z.c;
-    KVF_CHECK_NULL(z.F % z.c == 0, KVF_ERR_ARG,
-                   "convert: --freqfold %d must be a multiple of head_dim/rope_dim = %d/%d = %d (FreqFold "
-                   "folds that many frequencies into each kept RoPE pair)",
-                   z.F, z.d, z.m, z.c);
-    KVF_CHECK_NULL((z.d / 2) % z.F == 0, KVF_ERR_ARG, "convert: --freqfold %d must divide head_dim/2 = %d",
-                   z.F, z.d / 2);
-    z.nr = z.F / z.c;
-    z.gs = z.g * z.F;
-    z.ngrp = z.d / 2 / z.F;
-    z.Lk = z.L - z.m;
-    z.W = z.Lk + z.g * z.dv;
-    z.R = o->kv_rank;
-    KVF_CHECK_NULL(z.R >= 1, KVF_ERR_ARG, "convert: --kv-rank is required (1 .. %d for this model)", z.W);
-    KVF_CHECK_NULL(z.R <= z.W, KVF_ERR_ARG,
-                   "convert: --kv-rank %d is above the maximum %d for this model (the width of [K_nope, V] "
-                   "over all KV heads: 2·%d·%d − %d)",
-                   z.R, z.W, z.g, z.d, z.m);
-    z.RQ = o->q_rank;
-    KVF_CHECK_NULL(z.RQ >= 0 && z.RQ <= z.h * z.d, KVF_ERR_ARG,
-                   "convert: --q-rank %d is above the maximum %d for this model (query heads × head_dim)",
-                   z.RQ, z.h * z.d);
-    KVF_CHECK_NULL(tu->factor != KVF_MLA_FACTOR_SVD, KVF_ERR_ARG,
-                   "convert: the deepseek route factorises by activation PCA, not weight SVD");
-    KVF_CHECK_NULL(tu->factor != KVF_MLA_FACTOR_IDENTITY || z.R == z.W, KVF_ERR_ARG,
-                   "convert: the identity latent needs --kv-rank %d", z.W);
+    struct ds_dims z;
+    if (ds_dims_init(c, o, tu, &z) != KVF_OK) return NULL;
     KVF_CHECK_NULL(calib && calib->gram, KVF_ERR_ARG,
                    "convert --to mla --style deepseek needs calibration data (--calib PATH): RoRoPE and the "
                    "joint K/V PCA are computed from activations");
@@ -597,6 +602,15 @@ kvf_model *kvf_convert_mla_deepseek_tuned(const kvf_model *src, const kvf_conver
         return NULL;
     }
     return dst;
+}
+
+kvf_status kvf_mla_check_opts(const kvf_model_config *c, const kvf_convert_opts *o) {
+    kvf_mla_tuning t;
+    bool partial = !strcmp(o->style, "partial-rope");
+    kvf_mla_tuning_defaults(&t, !partial);
+    if (partial) return kvf_mla_partial_check(c, o, &t);
+    struct ds_dims z;
+    return ds_dims_init(c, o, &t, &z);
 }
 
 kvf_model *kvf_convert_mla_deepseek(const kvf_model *src, const kvf_convert_opts *o, const kvf_calib *calib,

@@ -77,6 +77,10 @@ void kvf_mla_rorope_free(struct kvf_rorope *r);
 /* Shared helpers (mla_common.c). */
 /* Copy every parameter of dst that src has under the same name and shape. */
 kvf_status kvf_mla_copy_common(const kvf_model *src, kvf_model *dst);
+/* The same checks on a config alone (biases included), before any weight is read. */
+kvf_status kvf_mla_check_config(const kvf_model_config *c, const char *what);
+/* The partial-RoPE route's option checks against a source config. */
+kvf_status kvf_mla_partial_check(const kvf_model_config *c, const kvf_convert_opts *o, const kvf_mla_tuning *t);
 /* A source the MLA conversions can read: standard attention with full-width RoPE in the HF
  * half layout, every layer its own K/V producer. what names the route for messages. */
 kvf_status kvf_mla_check_source(const kvf_model *src, const char *what);

@@ -188,50 +188,59 @@ done:
     return st;
 }
 
+/* The route's dimensions from the source config and the options, with every check that needs
+ * no weights (so the driver can refuse before loading anything). */
+static kvf_status pr_dims_init(const kvf_model_config *c, const kvf_convert_opts *o, const kvf_mla_tuning *tu,
+                               struct pr_dims *z) {
+    KVF_TRY(kvf_mla_check_config(c, "partial-rope"));
+    memset(z, 0, sizeof *z);
+    z->Dm = (int)c->d_model;
+    z->h = c->n_q_heads;
+    z->g = c->n_kv_heads;
+    z->rep = z->h / z->g;
+    z->d = c->head_dim;
+    z->dv = c->v_head_dim;
+    KVF_CHECK(z->d / 2 <= 1024, KVF_ERR_UNSUPPORTED, "convert: head_dim %d is too large", z->d);
+    z->D = o->rope_dim == -1 ? z->d : o->rope_dim;
+    KVF_CHECK(z->D >= 0 && z->D % 2 == 0 && z->D <= z->d, KVF_ERR_ARG,
+                   "convert: --rope-dim %d does not work with --style partial-rope: it is the RoPE dims kept "
+                   "per KV head and must be even and at most head_dim %d (or 'all')",
+                   z->D, z->d);
+    const char *rs = o->rope_select[0] ? o->rope_select : "norm";
+    if (!strcmp(rs, "norm")) z->sel = 0;
+    else if (!strcmp(rs, "high")) z->sel = 1;
+    else if (!strcmp(rs, "low")) z->sel = 2;
+    else if (!strcmp(rs, "uniform")) z->sel = 3;
+    else {
+        return kvf_error_set(KVF_ERR_ARG, "convert: --rope-select %s: expected norm, high, low or uniform", rs);
+    }
+    z->Wn = z->g * (z->d - z->D);
+    z->W = z->Wn + z->g * z->dv;
+    z->R = o->kv_rank;
+    KVF_CHECK(z->R >= 1, KVF_ERR_ARG, "convert: --kv-rank is required (1 .. %d for this model at --rope-dim %d)",
+                   z->W, z->D);
+    KVF_CHECK(z->R <= z->W, KVF_ERR_ARG,
+                   "convert: --kv-rank %d is above the maximum %d for this model at --rope-dim %d (the width of "
+                   "[K_nope, V] over all KV heads: %d·(%d − %d) + %d·%d)",
+                   z->R, z->W, z->D, z->g, z->d, z->D, z->g, z->dv);
+    KVF_CHECK(tu->factor != KVF_MLA_FACTOR_IDENTITY || z->R == z->W, KVF_ERR_ARG,
+                   "convert: the identity latent needs --kv-rank %d", z->W);
+    KVF_CHECK(tu->factor != KVF_MLA_FACTOR_PCA, KVF_ERR_ARG,
+                   "convert: the partial-rope route factorises the weights by SVD");
+    return KVF_OK;
+}
+
+kvf_status kvf_mla_partial_check(const kvf_model_config *c, const kvf_convert_opts *o, const kvf_mla_tuning *tu) {
+    struct pr_dims z;
+    return pr_dims_init(c, o, tu, &z);
+}
+
 kvf_model *kvf_convert_mla_partial_tuned(const kvf_model *src, const kvf_convert_opts *o,
                                          const kvf_calib *calib, const kvf_mla_tuning *tu, FILE *log) {
     if (kvf_mla_check_source(src, "partial-rope") != KVF_OK) return NULL;
     const kvf_model_config *c = &src->cfg;
-    KVF_CHECK_NULL(!c->qkv_bias && !c->o_bias, KVF_ERR_UNSUPPORTED,
-                   "convert --to mla --style partial-rope: the source has attention biases (%s); kvforge's "
-                   "partial-RoPE MLA has no q/kv/o biases, so they cannot be carried over exactly: convert "
-                   "a model without them",
-                   c->qkv_bias ? "q/k/v, as in Qwen2" : "o_proj");
-    struct pr_dims z = {0};
-    z.Dm = (int)c->d_model;
-    z.h = c->n_q_heads;
-    z.g = c->n_kv_heads;
-    z.rep = z.h / z.g;
-    z.d = c->head_dim;
-    z.dv = c->v_head_dim;
-    KVF_CHECK_NULL(z.d / 2 <= 1024, KVF_ERR_UNSUPPORTED, "convert: head_dim %d is too large", z.d);
-    z.D = o->rope_dim == -1 ? z.d : o->rope_dim;
-    KVF_CHECK_NULL(z.D >= 0 && z.D % 2 == 0 && z.D <= z.d, KVF_ERR_ARG,
-                   "convert: --rope-dim %d does not work with --style partial-rope: it is the RoPE dims kept "
-                   "per KV head and must be even and at most head_dim %d (or 'all')",
-                   z.D, z.d);
-    const char *rs = o->rope_select[0] ? o->rope_select : "norm";
-    if (!strcmp(rs, "norm")) z.sel = 0;
-    else if (!strcmp(rs, "high")) z.sel = 1;
-    else if (!strcmp(rs, "low")) z.sel = 2;
-    else if (!strcmp(rs, "uniform")) z.sel = 3;
-    else {
-        kvf_error_set(KVF_ERR_ARG, "convert: --rope-select %s: expected norm, high, low or uniform", rs);
-        return NULL;
-    }
-    z.Wn = z.g * (z.d - z.D);
-    z.W = z.Wn + z.g * z.dv;
-    z.R = o->kv_rank;
-    KVF_CHECK_NULL(z.R >= 1, KVF_ERR_ARG, "convert: --kv-rank is required (1 .. %d for this model at --rope-dim %d)",
-                   z.W, z.D);
-    KVF_CHECK_NULL(z.R <= z.W, KVF_ERR_ARG,
-                   "convert: --kv-rank %d is above the maximum %d for this model at --rope-dim %d (the width of "
-                   "[K_nope, V] over all KV heads: %d·(%d − %d) + %d·%d)",
-                   z.R, z.W, z.D, z.g, z.d, z.D, z.g, z.dv);
-    KVF_CHECK_NULL(tu->factor != KVF_MLA_FACTOR_IDENTITY || z.R == z.W, KVF_ERR_ARG,
-                   "convert: the identity latent needs --kv-rank %d", z.W);
-    KVF_CHECK_NULL(tu->factor != KVF_MLA_FACTOR_PCA, KVF_ERR_ARG,
-                   "convert: the partial-rope route factorises the weights by SVD");
+    struct pr_dims z;
+    if (pr_dims_init(c, o, tu, &z) != KVF_OK) return NULL;
     bool need_calib = z.sel == 0 && z.D > 0 && z.D < z.d;
     KVF_CHECK_NULL(!need_calib || (calib && calib->gram), KVF_ERR_ARG,
                    "convert: --rope-select norm needs calibration data (--calib PATH) to rank the "
@@ -251,7 +260,7 @@ kvf_model *kvf_convert_mla_partial_tuned(const kvf_model *src, const kvf_convert
         fprintf(log,
                 "mla (partial-rope): %d KV heads of dim %d keep %d RoPE dims each (%s) + latent %d; KV cache "
                 "per token per layer %d -> %d\n",
-                z.g, z.d, z.D, rs, z.R, z.g * (z.d + z.dv), z.R + z.g * z.D);
+                z.g, z.d, z.D, (const char *[]){"norm", "high", "low", "uniform"}[z.sel], z.R, z.g * (z.d + z.dv), z.R + z.g * z.D);
     kvf_status st = kvf_mla_copy_common(src, dst);
     for (int l = 0; st == KVF_OK && l < c->n_layers; l++) st = pr_layer(src, dst, l, &z, calib, tu, log);
     if (st != KVF_OK) {

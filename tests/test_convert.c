@@ -1418,6 +1418,21 @@ START_TEST(driver_errors) {
     o.eval_path = kjv;
     o.eval_tokens = 300;
     driver_fails(tr, &o, "model.safetensors", NULL);
+    /* MLA option errors come from the config alone, before any weight or calibration text is read:
+     * the truncated weights, or a missing --calib, are never reached */
+    kvf_convert_opts e = ml;
+    e.kv_rank = 1000;
+    driver_fails(tr, &e, "--kv-rank 1000", "above the maximum");
+    e.kv_rank = 16;
+    e.rope_dim = 6;
+    driver_fails(tr, &e, "--rope-dim 6", NULL);
+    e.rope_dim = 4;
+    e.calib_path = NULL;
+    driver_fails(qwen, &e, "attention biases", "Qwen2");
+    /* the DeepSeek form cannot be written in f16 */
+    e = ml;
+    e.save_dtype = KVF_DTYPE_F16;
+    driver_fails(mha, &e, "f16", "bf16");
     kvf_fs_remove_tree(tmp);
 }
 END_TEST
