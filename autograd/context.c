@@ -7,11 +7,15 @@
 #include "tape_impl.h"
 
 /* The arena is a list of chunks on the ctx's device; tensor headers live in a separate
- * host arena. Reset rewinds both without freeing, so steady-state steps allocate nothing. */
+ * host arena. Reset rewinds both without freeing, so steady-state steps allocate nothing.
+ * A ctx has two such regions: main (the step's tensors) and scratch, which activation
+ * recomputation (recompute.c) fills with one block's intermediates and rewinds to a mark
+ * when the block is done, so that its memory serves the next block. */
 #define ARENA_ALIGN 64
 #define ARENA_CHUNK ((size_t)64 << 20)
 #define HEADER_CHUNK ((size_t)1 << 20)
 
+/* struct kvf_arena_mark (tape_impl.h) holds a struct arena_chunk * as void * */
 struct arena_chunk {
     struct arena_chunk *next;
     char *base;
@@ -21,6 +25,7 @@ struct arena_chunk {
 struct arena {
     struct arena_chunk *head, *cur;
     size_t chunk_size;
+    size_t used; /* sum of the chunks' used bytes, kept as we go for the peak */
     const kvf_backend *be; /* NULL: host malloc */
 };
 
@@ -30,6 +35,7 @@ static void *arena_alloc(struct arena *a, size_t n) {
         if (c->cap - c->used >= n) {
             void *p = c->base + c->used;
             c->used += n;
+            a->used += n;
             a->cur = c;
             return p;
         }
@@ -46,6 +52,7 @@ static void *arena_alloc(struct arena *a, size_t n) {
     }
     c->cap = cap;
     c->used = n;
+    a->used += n;
     /* append so that reset walks chunks in allocation order */
     struct arena_chunk **pp = &a->head;
     while (*pp) pp = &(*pp)->next;
@@ -57,6 +64,36 @@ static void *arena_alloc(struct arena *a, size_t n) {
 static void arena_reset(struct arena *a) {
     for (struct arena_chunk *c = a->head; c; c = c->next) c->used = 0;
     a->cur = a->head;
+    a->used = 0;
+}
+
+/* Marks remember the current chunk and its fill; rewinding empties everything after. */
+static void arena_mark(const struct arena *a, struct kvf_arena_mark *m) {
+    m->chunk = a->cur;
+    m->chunk_used = a->cur ? a->cur->used : 0;
+    m->used = a->used;
+}
+
+static void arena_rewind(struct arena *a, const struct kvf_arena_mark *m) {
+    struct arena_chunk *c = m->chunk;
+    if (!c) {
+        arena_reset(a);
+        return;
+    }
+    c->used = m->chunk_used;
+    for (struct arena_chunk *n = c->next; n; n = n->next) n->used = 0;
+    a->cur = c;
+    a->used = m->used;
+}
+
+/* Whether p was handed out after mark m (and is still live). */
+static bool arena_since(const struct arena *a, const struct kvf_arena_mark *m, const void *p) {
+    const char *q = p;
+    struct arena_chunk *c = m->chunk ? m->chunk : a->head;
+    size_t from = m->chunk ? m->chunk_used : 0;
+    for (; c; c = c->next, from = 0)
+        if (q >= c->base + from && q < c->base + c->used) return true;
+    return false;
 }
 
 static void arena_free(struct arena *a) {
@@ -71,13 +108,32 @@ static void arena_free(struct arena *a) {
     a->head = a->cur = NULL;
 }
 
-struct kvf_ctx {
-    const kvf_backend *be;
+struct region {
     struct arena data;    /* tensor contents, on the device */
     struct arena headers; /* kvf_tensor + kvf_storage structs, host */
-    bool grad_enabled;
-    struct kvf_tape tape;
 };
+
+struct kvf_ctx {
+    const kvf_backend *be;
+    struct region main, scratch;
+    struct region *cur; /* where allocations go: main, or scratch during a recompute */
+    size_t peak;        /* most device bytes in use at once (main + scratch) */
+    bool grad_enabled;
+    int recomputing;    /* > 0 while a recompute rule re-runs a forward */
+    struct kvf_tape main_tape;
+    struct kvf_tape *tape; /* where ops record: main_tape, or a recompute's own */
+};
+
+static void region_init(struct region *r, const kvf_backend *be) {
+    r->data.be = be;
+    r->data.chunk_size = ARENA_CHUNK;
+    r->headers.chunk_size = HEADER_CHUNK;
+}
+
+static void region_free(struct region *r) {
+    arena_free(&r->data);
+    arena_free(&r->headers);
+}
 
 kvf_ctx *kvf_ctx_init(kvf_device device) {
     const kvf_backend *be = kvf_backend_get(device);
@@ -85,25 +141,32 @@ kvf_ctx *kvf_ctx_init(kvf_device device) {
     kvf_ctx *ctx = calloc(1, sizeof *ctx);
     KVF_CHECK_NULL(ctx, KVF_ERR_OOM, "ctx: out of host memory");
     ctx->be = be;
-    ctx->data.be = be;
-    ctx->data.chunk_size = ARENA_CHUNK;
-    ctx->headers.chunk_size = HEADER_CHUNK;
+    region_init(&ctx->main, be);
+    region_init(&ctx->scratch, be);
+    ctx->cur = &ctx->main;
+    ctx->tape = &ctx->main_tape;
     ctx->grad_enabled = true;
     return ctx;
 }
 
 void kvf_ctx_free(kvf_ctx *ctx) {
     if (!ctx) return;
-    arena_free(&ctx->data);
-    arena_free(&ctx->headers);
-    free(ctx->tape.nodes);
+    region_free(&ctx->main);
+    region_free(&ctx->scratch);
+    free(ctx->main_tape.nodes);
     free(ctx);
 }
 
 void kvf_ctx_reset(kvf_ctx *ctx) {
-    arena_reset(&ctx->data);
-    arena_reset(&ctx->headers);
-    ctx->tape.n = 0;
+    arena_reset(&ctx->main.data);
+    arena_reset(&ctx->main.headers);
+    arena_reset(&ctx->scratch.data);
+    arena_reset(&ctx->scratch.headers);
+    /* a recompute that failed half-way leaves nothing behind either */
+    ctx->cur = &ctx->main;
+    ctx->tape = &ctx->main_tape;
+    ctx->recomputing = 0;
+    ctx->main_tape.n = 0;
 }
 
 const kvf_backend *kvf_ctx_backend(const kvf_ctx *ctx) { return ctx->be; }
@@ -117,35 +180,69 @@ bool kvf_ctx_set_grad(kvf_ctx *ctx, bool enabled) {
 
 bool kvf_ctx_grad_enabled(const kvf_ctx *ctx) { return ctx->grad_enabled; }
 
-struct kvf_tape *kvf_ctx_tape(kvf_ctx *ctx) { return &ctx->tape; }
+struct kvf_tape *kvf_ctx_tape(kvf_ctx *ctx) { return ctx->tape; }
 
-size_t kvf_ctx_arena_used(const kvf_ctx *ctx) {
+struct kvf_tape *kvf_ctx_swap_tape(kvf_ctx *ctx, struct kvf_tape *tape) {
+    struct kvf_tape *old = ctx->tape;
+    ctx->tape = tape ? tape : &ctx->main_tape;
+    return old;
+}
+
+bool kvf_ctx_use_scratch(kvf_ctx *ctx, bool on) {
+    bool old = ctx->cur == &ctx->scratch;
+    ctx->cur = on ? &ctx->scratch : &ctx->main;
+    return old;
+}
+
+void kvf_ctx_scratch_mark(const kvf_ctx *ctx, struct kvf_scratch_mark *m) {
+    arena_mark(&ctx->scratch.data, &m->data);
+    arena_mark(&ctx->scratch.headers, &m->headers);
+}
+
+void kvf_ctx_scratch_rewind(kvf_ctx *ctx, const struct kvf_scratch_mark *m) {
+    arena_rewind(&ctx->scratch.data, &m->data);
+    arena_rewind(&ctx->scratch.headers, &m->headers);
+}
+
+bool kvf_ctx_scratch_since(const kvf_ctx *ctx, const struct kvf_scratch_mark *m, const void *host) {
+    return arena_since(&ctx->scratch.headers, &m->headers, host);
+}
+
+int kvf_ctx_recompute_enter(kvf_ctx *ctx, int delta) { return ctx->recomputing += delta; }
+bool kvf_ctx_recomputing(const kvf_ctx *ctx) { return ctx->recomputing > 0; }
+
+size_t kvf_ctx_arena_used(const kvf_ctx *ctx) { return ctx->main.data.used + ctx->scratch.data.used; }
+
+static size_t arena_reserved(const struct arena *a) {
     size_t n = 0;
-    for (struct arena_chunk *c = ctx->data.head; c; c = c->next) n += c->used;
+    for (struct arena_chunk *c = a->head; c; c = c->next) n += c->cap;
     return n;
 }
 
 size_t kvf_ctx_arena_reserved(const kvf_ctx *ctx) {
-    size_t n = 0;
-    for (struct arena_chunk *c = ctx->data.head; c; c = c->next) n += c->cap;
-    return n;
+    return arena_reserved(&ctx->main.data) + arena_reserved(&ctx->scratch.data);
 }
 
+size_t kvf_ctx_arena_peak(const kvf_ctx *ctx) { return ctx->peak; }
+void kvf_ctx_arena_peak_reset(kvf_ctx *ctx) { ctx->peak = kvf_ctx_arena_used(ctx); }
+
 void *kvf_ctx_alloc(kvf_ctx *ctx, size_t nbytes) {
-    void *p = arena_alloc(&ctx->data, nbytes ? nbytes : 1);
+    void *p = arena_alloc(&ctx->cur->data, nbytes ? nbytes : 1);
     KVF_CHECK_NULL(p, KVF_ERR_OOM, "arena: cannot allocate %zu bytes on %s (arena holds %zu)",
                    nbytes, kvf_device_name(ctx->be->device), kvf_ctx_arena_reserved(ctx));
+    size_t used = kvf_ctx_arena_used(ctx);
+    if (used > ctx->peak) ctx->peak = used;
     return p;
 }
 
 void *kvf_ctx_alloc_host(kvf_ctx *ctx, size_t nbytes) {
-    void *p = arena_alloc(&ctx->headers, nbytes ? nbytes : 1);
+    void *p = arena_alloc(&ctx->cur->headers, nbytes ? nbytes : 1);
     KVF_CHECK_NULL(p, KVF_ERR_OOM, "arena: cannot allocate %zu bytes of host memory", nbytes);
     return p;
 }
 
 static kvf_tensor *header_new(kvf_ctx *ctx) {
-    kvf_tensor *t = arena_alloc(&ctx->headers, sizeof(kvf_tensor) + sizeof(struct kvf_storage));
+    kvf_tensor *t = arena_alloc(&ctx->cur->headers, sizeof(kvf_tensor) + sizeof(struct kvf_storage));
     KVF_CHECK_NULL(t, KVF_ERR_OOM, "arena: out of host memory for tensor headers");
     memset(t, 0, sizeof(kvf_tensor) + sizeof(struct kvf_storage));
     t->node = -1;

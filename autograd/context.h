@@ -21,9 +21,17 @@ kvf_device kvf_ctx_device(const kvf_ctx *ctx);
 bool kvf_ctx_set_grad(kvf_ctx *ctx, bool enabled);
 bool kvf_ctx_grad_enabled(const kvf_ctx *ctx);
 
-/* Bytes of arena memory in use / reserved (for memory reports). */
+/* Bytes of arena memory in use / reserved (for memory reports). Both count the main and
+ * the scratch region (recompute.h). peak: the most bytes in use at once since the ctx was
+ * made or the last peak_reset (resets keep it: it is the high-water mark of the steps). */
 size_t kvf_ctx_arena_used(const kvf_ctx *ctx);
 size_t kvf_ctx_arena_reserved(const kvf_ctx *ctx);
+size_t kvf_ctx_arena_peak(const kvf_ctx *ctx);
+void   kvf_ctx_arena_peak_reset(kvf_ctx *ctx);
+
+/* True while a recompute rule re-runs a forward during backward (recompute.h): code with
+ * side effects besides computing tensors (statistics hooks) skips them then. */
+bool kvf_ctx_recomputing(const kvf_ctx *ctx);
 
 /* New arena tensors on the ctx's device, contiguous. new: uninitialised. */
 kvf_tensor *kvf_tensor_new(kvf_ctx *ctx, kvf_dtype dtype, int ndim, const int64_t *shape);

@@ -40,5 +40,6 @@ kvf_status kvf_attention_backward(kvf_ctx *ctx, kvf_node *n);
 kvf_status kvf_cross_entropy_backward(kvf_ctx *ctx, kvf_node *n);
 kvf_status kvf_embedding_backward(kvf_ctx *ctx, kvf_node *n);
 kvf_status kvf_swiglu_backward(kvf_ctx *ctx, kvf_node *n);
+kvf_status kvf_recompute_backward(kvf_ctx *ctx, kvf_node *n);
 
 #endif

@@ -26,6 +26,7 @@ const struct kvf_op_rule kvf_op_rules[KVF_OP_COUNT] = {
     [KVF_OP_CROSS_ENTROPY] = {"cross_entropy", kvf_cross_entropy_backward},
     [KVF_OP_EMBEDDING] = {"embedding", kvf_embedding_backward},
     [KVF_OP_SWIGLU] = {"swiglu", kvf_swiglu_backward},
+    [KVF_OP_RECOMPUTE] = {"recompute", kvf_recompute_backward},
 };
 
 kvf_node *kvf_tape_record(kvf_ctx *ctx, kvf_op op, kvf_tensor *out, int n_src,
@@ -34,6 +35,14 @@ kvf_node *kvf_tape_record(kvf_ctx *ctx, kvf_op op, kvf_tensor *out, int n_src,
     bool need = false;
     for (int i = 0; i < n_src; i++) need |= src[i] && src[i]->requires_grad;
     if (!need) return NULL;
+    kvf_node *n = kvf_tape_push(ctx, (int)op, out);
+    if (!n) return NULL;
+    n->n_src = n_src;
+    for (int i = 0; i < n_src; i++) n->src[i] = src[i];
+    return n;
+}
+
+kvf_node *kvf_tape_push(kvf_ctx *ctx, int op, kvf_tensor *out) {
     struct kvf_tape *tape = kvf_ctx_tape(ctx);
     if (tape->n == tape->cap) {
         int cap = tape->cap ? tape->cap * 2 : 256;
@@ -47,10 +56,8 @@ kvf_node *kvf_tape_record(kvf_ctx *ctx, kvf_op op, kvf_tensor *out, int n_src,
     }
     kvf_node *n = &tape->nodes[tape->n];
     memset(n, 0, sizeof *n);
-    n->op = op;
+    n->op = (kvf_op)op;
     n->out = out;
-    n->n_src = n_src;
-    for (int i = 0; i < n_src; i++) n->src[i] = src[i];
     out->requires_grad = true;
     out->node = tape->n++;
     return n;
@@ -98,12 +105,18 @@ kvf_status kvf_backward(kvf_ctx *ctx, kvf_tensor *loss) {
         kvf_tensor *one = kvf_tensor_full(ctx, loss->dtype, loss->ndim, loss->shape, 1.0);
         st = one ? kvf_grad_accumulate(ctx, g, one) : kvf_error_code();
     }
-    struct kvf_tape *tape = kvf_ctx_tape(ctx);
+    if (st == KVF_OK) st = kvf_tape_run(ctx, kvf_ctx_tape(ctx));
+    kvf_ctx_set_grad(ctx, was);
+    return st;
+}
+
+kvf_status kvf_tape_run(kvf_ctx *ctx, struct kvf_tape *tape) {
+    kvf_status st = KVF_OK;
     for (int i = tape->n - 1; i >= 0 && st == KVF_OK; i--) {
         kvf_node *n = &tape->nodes[i];
-        if (!n->out->grad) continue; /* not on a path to the loss */
+        /* not on a path to the loss (a recompute node has several outputs: its rule looks) */
+        if (!n->out->grad && n->op != KVF_OP_RECOMPUTE) continue;
         st = kvf_op_rules[n->op].backward(ctx, n);
     }
-    kvf_ctx_set_grad(ctx, was);
     return st;
 }

@@ -29,6 +29,7 @@ enum kvf_op {
     KVF_OP_CROSS_ENTROPY,
     KVF_OP_EMBEDDING,
     KVF_OP_SWIGLU,
+    KVF_OP_RECOMPUTE, /* a whole function re-run during backward (recompute.h) */
     KVF_OP_COUNT
 };
 typedef enum kvf_op kvf_op;
@@ -44,6 +45,7 @@ struct kvf_node {
     int64_t iparam[8];
     double fparam[4];
     kvf_attn_cfg attn;
+    void *ext; /* op-specific host record (recompute: the function, its inputs and outputs) */
 };
 typedef struct kvf_node kvf_node;
 

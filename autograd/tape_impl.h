@@ -1,4 +1,5 @@
-/* tape_impl.h — the tape's storage inside kvf_ctx; private to autograd/. */
+/* tape_impl.h — the tape's storage inside kvf_ctx and the ctx internals that activation
+ * recomputation (recompute.c) needs; private to autograd/. */
 #ifndef KVF_TAPE_IMPL_H
 #define KVF_TAPE_IMPL_H
 
@@ -10,6 +11,32 @@ struct kvf_tape {
     int n, cap;
 };
 
+/* The tape ops record into now. */
 struct kvf_tape *kvf_ctx_tape(kvf_ctx *ctx);
+/* Makes tape (NULL: the ctx's own) the one ops record into; returns the previous one. */
+struct kvf_tape *kvf_ctx_swap_tape(kvf_ctx *ctx, struct kvf_tape *tape);
+
+/* Appends a node for out without looking at the inputs (recompute records one node for a
+ * whole function); marks out as requiring grad. NULL (error set) when out of host memory. */
+struct kvf_node *kvf_tape_push(kvf_ctx *ctx, int op, kvf_tensor *out);
+/* Runs the rules of tape's nodes in reverse (gradient recording must be off). */
+kvf_status kvf_tape_run(kvf_ctx *ctx, struct kvf_tape *tape);
+
+/* The scratch region: allocations go there instead of the main region while on (returns
+ * the previous setting); a mark remembers its fill, rewinding drops what came after. */
+struct kvf_arena_mark {
+    void *chunk;
+    size_t chunk_used, used;
+};
+struct kvf_scratch_mark {
+    struct kvf_arena_mark data, headers;
+};
+bool kvf_ctx_use_scratch(kvf_ctx *ctx, bool on);
+void kvf_ctx_scratch_mark(const kvf_ctx *ctx, struct kvf_scratch_mark *m);
+void kvf_ctx_scratch_rewind(kvf_ctx *ctx, const struct kvf_scratch_mark *m);
+/* Whether a host pointer (a tensor header) was allocated in scratch after mark m. */
+bool kvf_ctx_scratch_since(const kvf_ctx *ctx, const struct kvf_scratch_mark *m, const void *host);
+/* Adds delta to the recompute depth (kvf_ctx_recomputing is depth > 0); returns the new one. */
+int kvf_ctx_recompute_enter(kvf_ctx *ctx, int delta);
 
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/recompute.h"
 #include "autograd/rng.h"
 
 /* Registers parameter `fmt` (printf-style with the layer index) and records its index. */
@@ -205,12 +206,10 @@ static kvf_tensor *buffer(kvf_ctx *ctx, const kvf_tensor *t) {
  * not rms_norm_eps (HF builds them with DeepseekV3RMSNorm's default). */
 #define KVF_MLA_LATENT_NORM_EPS 1e-6
 
-struct kv_pair {
-    kvf_tensor *k, *v;
-};
-
+/* Layer l's attention on its normed input h. A producer computes K/V into *k, *v (they
+ * are also what its consumers read); a consumer (CLA) reads its producer's from *k, *v. */
 static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h,
-                                   struct kv_pair *kv, kvf_tensor *inv_freq) {
+                                   kvf_tensor **k_io, kvf_tensor **v_io, kvf_tensor *inv_freq) {
     const kvf_model_config *c = &m->cfg;
     const struct kvf_layer_weights *L = &m->layers[l];
     int64_t B = h->shape[0], T = h->shape[1], nq = c->n_q_heads, nkv = c->n_kv_heads,
@@ -223,8 +222,8 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
         if (prod) {
             kvf_tensor *k = heads(ctx, linear(m, ctx, h, L->k_w, L->k_b), B, T, nkv, hd);
             if (c->pos == KVF_POS_ROPE) k = kvf_rope(ctx, k, NULL, inv_freq, c->rope_layout);
-            kv[l].k = k;
-            kv[l].v = heads(ctx, linear(m, ctx, h, L->v_w, L->v_b), B, T, nkv, vd);
+            *k_io = k;
+            *v_io = heads(ctx, linear(m, ctx, h, L->v_w, L->v_b), B, T, nkv, vd);
         }
     } else if (c->attn == KVF_ATTN_MLA) {
         int64_t nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, r = c->kv_lora_rank;
@@ -247,8 +246,8 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
             if (!kvb || kvf_split(ctx, kvb, 3, (int64_t[]){nope, vd}, 2, kp) != KVF_OK) return NULL;
             kvf_tensor *k_pe = kvf_rope(ctx, heads(ctx, cp[1], B, T, 1, rope), NULL, mla_freq, c->rope_layout);
             kvf_tensor *kcat[2] = {kp[0], kvf_expand(ctx, k_pe, 4, (int64_t[]){B, T, nq, rope})};
-            kv[l].k = kvf_concat(ctx, kcat, 2, 3);
-            kv[l].v = kp[1];
+            *k_io = kvf_concat(ctx, kcat, 2, 3);
+            *v_io = kp[1];
         }
     } else { /* partial-RoPE MLA: kept RoPE dims first in every head, per-head frequencies */
         int64_t pr = c->partial_rope_dim, g = nq / nkv;
@@ -268,16 +267,15 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
             if (pr) {
                 kvf_tensor *kr = kvf_rope(ctx, heads(ctx, linear(m, ctx, h, L->k_rope_w, NULL), B, T, nkv, pr), NULL, fk, KVF_ROPE_HALF);
                 kvf_tensor *kcat[2] = {kr, kp[0]};
-                kv[l].k = kvf_concat(ctx, kcat, 2, 3);
+                *k_io = kvf_concat(ctx, kcat, 2, 3);
             } else {
-                kv[l].k = kp[0];
+                *k_io = kp[0];
             }
-            kv[l].v = kp[1];
+            *v_io = kp[1];
         }
     }
-    struct kv_pair *src = &kv[c->kv_source[l]];
     kvf_attn_cfg acfg = {.scale = (float)c->softmax_scale, .causal = true, .window = c->window[l]};
-    kvf_tensor *o = kvf_attention(ctx, q, src->k, src->v, &acfg);
+    kvf_tensor *o = kvf_attention(ctx, q, *k_io, *v_io, &acfg);
     o = kvf_reshape(ctx, o, 3, (int64_t[]){B, T, nq * vd});
     return linear(m, ctx, o, L->o_w, L->o_b);
 }
@@ -291,6 +289,46 @@ static kvf_tensor *mlp_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h) {
     else
         a = kvf_gelu(ctx, linear(m, ctx, h, L->up_w, L->up_b), c->gelu_exact ? KVF_GELU_ERF : KVF_GELU_TANH);
     return linear(m, ctx, a, L->down_w, L->down_b);
+}
+
+/* One transformer block as a kvf_recompute_fn: in {x, inv_freq, producer K, producer V}
+ * (the last two for CLA consumers, else NULL) → out {x after the block, K, V} (K/V only for
+ * producers: this layer's). The same function runs the plain forward, so both modes do
+ * the same ops in the same order. */
+enum { BLOCK_N_IN = 4, BLOCK_N_OUT = 3 };
+struct block_ud {
+    kvf_model *m;
+    int layer;
+    bool pass_kv; /* out has room for K/V: a later layer reads this producer's */
+};
+
+static kvf_status block_fn(kvf_ctx *ctx, const void *ud_, kvf_tensor *const *in, kvf_tensor **out) {
+    const struct block_ud *ud = ud_;
+    kvf_model *m = ud->m;
+    int l = ud->layer;
+    const struct kvf_layer_weights *L = &m->layers[l];
+    kvf_tensor *x = in[0], *k = in[2], *v = in[3];
+    kvf_tensor *h = norm(m, ctx, x, L->ln1_w, L->ln1_b);
+    /* the hook sees each layer once, not again when a checkpointed block is re-run */
+    if (h && m->hook && !kvf_ctx_recomputing(ctx)) KVF_TRY(m->hook(l, h, m->hook_ud));
+    kvf_tensor *a = h ? attention_block(m, ctx, l, h, &k, &v, in[1]) : NULL;
+    x = kvf_add(ctx, x, a);
+    kvf_tensor *f = mlp_block(m, ctx, l, norm(m, ctx, x, L->ln2_w, L->ln2_b));
+    x = kvf_add(ctx, x, f);
+    if (!x) return kvf_error_code();
+    out[0] = x;
+    if (ud->pass_kv) {
+        out[1] = k;
+        out[2] = v;
+    }
+    return KVF_OK;
+}
+
+/* Whether a later layer reads layer l's K/V (then they cross the block boundary). */
+static bool kv_read_later(const kvf_model_config *c, int l) {
+    for (int j = l + 1; j < c->n_layers; j++)
+        if (c->kv_source[j] == l) return true;
+    return false;
 }
 
 /* Logits [B, T, vocab] in the compute dtype. */
@@ -311,17 +349,25 @@ static kvf_tensor *forward_logits(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids) {
         x = kvf_add(ctx, x, compute_w(m, ctx, p));
     }
     kvf_tensor *inv_freq = m->rope_inv_freq ? buffer(ctx, m->rope_inv_freq) : NULL;
-    struct kv_pair *kv = kvf_ctx_alloc_host(ctx, sizeof(struct kv_pair) * (size_t)c->n_layers);
+    /* K/V by layer: what each producer made, for its consumers (CLA) */
+    kvf_tensor **kv = kvf_ctx_alloc_host(ctx, sizeof(kvf_tensor *) * 2 * (size_t)c->n_layers);
     if (!kv || !x) return NULL;
     for (int l = 0; l < c->n_layers; l++) {
-        const struct kvf_layer_weights *L = &m->layers[l];
-        kvf_tensor *h = norm(m, ctx, x, L->ln1_w, L->ln1_b);
-        if (h && m->hook && m->hook(l, h, m->hook_ud) != KVF_OK) return NULL;
-        kvf_tensor *a = attention_block(m, ctx, l, h, kv, inv_freq);
-        x = kvf_add(ctx, x, a);
-        kvf_tensor *f = mlp_block(m, ctx, l, norm(m, ctx, x, L->ln2_w, L->ln2_b));
-        x = kvf_add(ctx, x, f);
-        if (!x) return NULL;
+        int s = c->kv_source[l];
+        bool prod = s == l;
+        /* a block's boundary: x, and for a consumer its producer's K/V; a producer whose
+         * K/V later layers read hands them on as outputs (checkpointed blocks keep them) */
+        kvf_tensor *in[BLOCK_N_IN] = {x, inv_freq, prod ? NULL : kv[2 * s], prod ? NULL : kv[2 * s + 1]};
+        kvf_tensor *out[BLOCK_N_OUT] = {NULL, NULL, NULL};
+        struct block_ud ud = {m, l, kv_read_later(c, l)};
+        kvf_status st = m->recompute == KVF_RECOMPUTE_BLOCKS
+                            ? kvf_recompute(ctx, block_fn, &ud, sizeof ud, BLOCK_N_IN, in,
+                                            ud.pass_kv ? BLOCK_N_OUT : 1, out)
+                            : block_fn(ctx, &ud, in, out);
+        if (st != KVF_OK) return NULL;
+        x = out[0];
+        kv[2 * l] = out[1];
+        kv[2 * l + 1] = out[2];
     }
     x = norm(m, ctx, x, m->norm_w, m->norm_b);
     return kvf_matmul(ctx, x, compute_w(m, ctx, m->lm_head), false, true);
@@ -341,6 +387,13 @@ kvf_tensor *kvf_model_loss(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids, kvf_tens
     kvf_tensor *flat = kvf_reshape(ctx, logits, 2, (int64_t[]){N, logits->shape[2]});
     kvf_tensor *t = kvf_reshape(ctx, targets, 1, (int64_t[]){N});
     return kvf_cross_entropy(ctx, flat, t, -100);
+}
+
+kvf_status kvf_recompute_parse(const char *name, kvf_recompute_mode *mode) {
+    if (!strcmp(name, "none")) *mode = KVF_RECOMPUTE_NONE;
+    else if (!strcmp(name, "blocks")) *mode = KVF_RECOMPUTE_BLOCKS;
+    else return kvf_error_set(KVF_ERR_ARG, "recompute: '%s' is not none or blocks", name);
+    return KVF_OK;
 }
 
 kvf_status kvf_model_set_compute_dtype(kvf_model *m, kvf_dtype dtype) {

@@ -24,6 +24,16 @@ struct kvf_layer_weights {
  * [B, T, d_model]) — what calibration-based conversions collect statistics from. */
 typedef kvf_status (*kvf_layer_hook)(int layer, const kvf_tensor *attn_input, void *ud);
 
+/* Activation recomputation (autograd/recompute.h) in the training forward. none: every
+ * activation stays in the arena until the step ends. blocks: each transformer block keeps
+ * only its boundary — its input x, and for a CLA producer whose K/V later layers read,
+ * those K/V — and is re-run during backward, so the arena holds one block's activations
+ * at a time plus the boundaries (about a third more forward compute). Loss and gradients
+ * are bit-for-bit those of none on the CPU. */
+enum kvf_recompute_mode { KVF_RECOMPUTE_NONE, KVF_RECOMPUTE_BLOCKS };
+typedef enum kvf_recompute_mode kvf_recompute_mode;
+kvf_status kvf_recompute_parse(const char *name, kvf_recompute_mode *mode); /* none | blocks */
+
 struct kvf_model {
     kvf_model_config cfg;
     kvf_params *params;
@@ -35,6 +45,7 @@ struct kvf_model {
      * precision: each weight is cast once per forward, activations are bf16, norm
      * statistics, softmax and the loss f32, gradients reach the f32 masters) */
     kvf_dtype compute_dtype;
+    kvf_recompute_mode recompute; /* KVF_RECOMPUTE_NONE unless set */
     kvf_layer_hook hook; /* NULL: none */
     void *hook_ud;
 };

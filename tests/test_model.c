@@ -1,5 +1,6 @@
-/* The transformer family: config validation, parameter counts and KV-cache figures, and
- * whole-model gradient checks (f64 finite differences) for every attention variant. */
+/* The transformer family: config validation, parameter counts and KV-cache figures,
+ * whole-model gradient checks (f64 finite differences) for every attention variant, and
+ * activation recomputation (bit-for-bit the plain run, less arena memory). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -7,6 +8,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/recompute.h"
 #include "autograd/rng.h"
 #include "autograd/tape.h"
 #include "model/transformer.h"
@@ -215,6 +217,197 @@ START_TEST(mla_qlora_gradients) {
 }
 END_TEST
 
+/* ---- activation recomputation ---- */
+
+struct rc_run {
+    double loss;
+    void *grads; /* the flat gradient buffer, host copy */
+    size_t nbytes, peak;
+    int hook_calls;
+};
+
+static kvf_status count_hook(int layer, const kvf_tensor *h, void *ud) {
+    (void)layer;
+    (void)h;
+    ++*(int *)ud;
+    return KVF_OK;
+}
+
+/* Loss and every parameter gradient of one forward + backward, and the arena's peak. */
+static void rc_step(kvf_model *m, kvf_recompute_mode mode, const int32_t *idv, const int32_t *tgv,
+                    int64_t B, int64_t T, struct rc_run *o) {
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    m->recompute = mode;
+    o->hook_calls = 0;
+    m->hook = count_hook;
+    m->hook_ud = &o->hook_calls;
+    ck_assert_int_eq(kvf_params_zero_grad(m->params), KVF_OK);
+    kvf_tensor *ids = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){B, T}, idv);
+    kvf_tensor *tg = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){B, T}, tgv);
+    kvf_tensor *loss = kvf_model_loss(m, ctx, ids, tg);
+    ck_assert_msg(loss != NULL, "%s", kvf_error_message());
+    ck_assert_msg(kvf_backward(ctx, loss) == KVF_OK, "%s", kvf_error_message());
+    ck_assert_int_eq(kvf_tensor_item(loss, &o->loss), KVF_OK);
+    kvf_tensor *g = kvf_params_grads(m->params);
+    o->nbytes = kvf_tensor_nbytes(g);
+    o->grads = malloc(o->nbytes);
+    memcpy(o->grads, kvf_tensor_data(g), o->nbytes);
+    o->peak = kvf_ctx_arena_peak(ctx);
+    m->hook = NULL;
+    m->recompute = KVF_RECOMPUTE_NONE;
+    kvf_ctx_free(ctx);
+}
+
+/* Recomputing blocks runs the same ops on the same values in the same order, so the loss
+ * and every gradient must be identical to the plain run — not just close — for every
+ * attention design, including CLA (K/V cross block boundaries) and MLA (V is a strided
+ * view inside the producer, a contiguous copy across the boundary). */
+static void check_recompute(const char *variant, kvf_model_config *c, kvf_dtype dtype) {
+    c->param_dtype = dtype;
+    kvf_model *m = kvf_model_init(c, KVF_DEVICE_CPU);
+    ck_assert_msg(m != NULL, "%s: %s", variant, kvf_error_message());
+    ck_assert_int_eq(kvf_model_init_weights(m, 5), KVF_OK);
+    kvf_rng r;
+    kvf_rng_init(&r, 17);
+    for (int i = 0; i < kvf_params_count(m->params); i++) {
+        kvf_tensor *t = kvf_params_at(m->params, i);
+        for (int64_t j = 0; j < kvf_tensor_numel(t); j++)
+            kvf_tensor_set_flat(t, j, kvf_tensor_get_flat(t, j) + 0.2 * kvf_rng_normal(&r));
+    }
+    enum { B = 2, T = 16 };
+    int32_t idv[B * T], tgv[B * T];
+    for (int i = 0; i < B * T; i++) {
+        idv[i] = (int32_t)kvf_rng_below(&r, (uint64_t)c->vocab_size);
+        tgv[i] = (int32_t)kvf_rng_below(&r, (uint64_t)c->vocab_size);
+    }
+    tgv[5] = -100;
+    struct rc_run plain, rc;
+    rc_step(m, KVF_RECOMPUTE_NONE, idv, tgv, B, T, &plain);
+    rc_step(m, KVF_RECOMPUTE_BLOCKS, idv, tgv, B, T, &rc);
+    ck_assert_msg(memcmp(&plain.loss, &rc.loss, sizeof plain.loss) == 0, "%s: loss %.17g vs %.17g",
+                  variant, plain.loss, rc.loss);
+    ck_assert_uint_eq(plain.nbytes, rc.nbytes);
+    if (memcmp(plain.grads, rc.grads, plain.nbytes) != 0) {
+        for (int i = 0; i < kvf_params_count(m->params); i++) {
+            kvf_tensor *t = kvf_params_at(m->params, i);
+            size_t off = (size_t)((char *)kvf_tensor_data(t->grad) - (char *)kvf_tensor_data(kvf_params_grads(m->params)));
+            if (memcmp((char *)plain.grads + off, (char *)rc.grads + off, kvf_tensor_nbytes(t)) != 0)
+                fprintf(stderr, "%s: gradient of %s differs with recompute\n", variant, t->name);
+        }
+        ck_abort_msg("%s: gradients differ with recompute", variant);
+    }
+    /* the statistics hook sees each layer once, not again in the backward */
+    ck_assert_int_eq(plain.hook_calls, c->n_layers);
+    ck_assert_int_eq(rc.hook_calls, c->n_layers);
+    fprintf(stderr, "recompute %-18s %s: loss %.9g bit-exact, arena peak %zu -> %zu bytes (%.0f%%)\n",
+            variant, kvf_dtype_name(dtype), rc.loss, plain.peak, rc.peak, 100.0 * (double)rc.peak / (double)plain.peak);
+    ck_assert_msg(rc.peak < plain.peak, "%s: arena peak %zu with recompute, %zu without", variant,
+                  rc.peak, plain.peak);
+    free(plain.grads);
+    free(rc.grads);
+    kvf_model_free(m);
+}
+
+static const char *rc_variants[] = {
+    "mha", "gqa2", "mqa", "sqa_q2kv1", "cla2_mha", "cla3_gqa2", "swa3_mha", "mla_r8", "mla_r8_d4",
+    "mla_partial_r10_d2", "cla2_mla_r8", "cla2_mla_partial_r10_d2",
+};
+#define N_RC_VARIANTS (int)(sizeof rc_variants / sizeof rc_variants[0])
+
+START_TEST(recompute_matches_plain_bitwise) {
+    kvf_model_config c;
+    tiny(&c, rc_variants[_i]);
+    c.n_layers = 5; /* CLA2/CLA3 then have a consumer after a second producer */
+    check_recompute(rc_variants[_i], &c, KVF_DTYPE_F32);
+    tiny(&c, rc_variants[_i]);
+    c.n_layers = 5;
+    check_recompute(rc_variants[_i], &c, KVF_DTYPE_F64);
+}
+END_TEST
+
+START_TEST(recompute_gpt2_style_and_qlora) {
+    kvf_model_config c;
+    tiny(&c, "cla2_mha");
+    c.n_layers = 4;
+    c.norm = KVF_NORM_LAYER;
+    c.norm_bias = true;
+    c.mlp = KVF_MLP_GELU;
+    c.mlp_bias = c.o_bias = c.qkv_bias = true;
+    c.tie_embeddings = true;
+    c.pos = KVF_POS_LEARNED;
+    check_recompute("gpt2-style cla2", &c, KVF_DTYPE_F32);
+    tiny(&c, "mla_r8_d4");
+    c.q_lora_rank = 6;
+    check_recompute("mla q-lora", &c, KVF_DTYPE_F32);
+}
+END_TEST
+
+/* The engine's contract (recompute.h): a tensor that needs a gradient must come in as an
+ * input; outputs must be made by the function; without grad recording it simply runs. */
+struct captured {
+    kvf_tensor *w;
+};
+
+static kvf_status fn_captures(kvf_ctx *ctx, const void *ud, kvf_tensor *const *in, kvf_tensor **out) {
+    const struct captured *c = ud;
+    out[0] = kvf_mul(ctx, in[0], c->w);
+    return out[0] ? KVF_OK : kvf_error_code();
+}
+
+static kvf_status fn_passthrough(kvf_ctx *ctx, const void *ud, kvf_tensor *const *in, kvf_tensor **out) {
+    (void)ctx;
+    (void)ud;
+    out[0] = in[0];
+    return KVF_OK;
+}
+
+static kvf_status fn_square(kvf_ctx *ctx, const void *ud, kvf_tensor *const *in, kvf_tensor **out) {
+    (void)ud;
+    out[0] = kvf_mul(ctx, in[0], in[0]);
+    out[1] = kvf_add(ctx, in[0], in[1]);
+    return out[0] && out[1] ? KVF_OK : kvf_error_code();
+}
+
+START_TEST(recompute_engine_contract) {
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    float xv[3] = {1, 2, 3}, yv[3] = {4, 5, 6};
+    kvf_tensor *x = kvf_tensor_from_host(ctx, KVF_DTYPE_F32, 1, (int64_t[]){3}, xv);
+    kvf_tensor *y = kvf_tensor_from_host(ctx, KVF_DTYPE_F32, 1, (int64_t[]){3}, yv);
+    x->requires_grad = y->requires_grad = true;
+    kvf_tensor *x2 = kvf_mul(ctx, x, x); /* an arena tensor needing a gradient */
+    struct captured cap = {x2};
+    kvf_tensor *out[2];
+    ck_assert_int_eq(kvf_recompute(ctx, fn_captures, &cap, sizeof cap, 1, &y, 1, out), KVF_ERR_ARG);
+    ck_assert_msg(strstr(kvf_error_message(), "without taking it as an input"), "%s", kvf_error_message());
+    kvf_error_clear();
+    ck_assert_int_eq(kvf_recompute(ctx, fn_passthrough, NULL, 0, 1, &y, 1, out), KVF_ERR_ARG);
+    ck_assert_msg(strstr(kvf_error_message(), "not made by the function"), "%s", kvf_error_message());
+    kvf_error_clear();
+    /* taken as an input it works; two outputs, one of them reaching the loss twice */
+    kvf_tensor *in[2] = {x2, y};
+    ck_assert_int_eq(kvf_recompute(ctx, fn_square, NULL, 0, 2, in, 2, out), KVF_OK);
+    kvf_tensor *loss = kvf_sum(ctx, kvf_add(ctx, kvf_mul(ctx, out[0], y), out[1]), -1, false);
+    ck_assert_ptr_nonnull(loss);
+    ck_assert_int_eq(kvf_backward(ctx, loss), KVF_OK);
+    /* loss = Σ x⁴·y + x² + y: dx = 4x³y + 2x, dy = x⁴ + 1 */
+    for (int i = 0; i < 3; i++) {
+        double a = xv[i], b = yv[i];
+        ck_assert_double_eq_tol(kvf_tensor_get_flat(x->grad, i), 4 * a * a * a * b + 2 * a, 1e-4);
+        ck_assert_double_eq_tol(kvf_tensor_get_flat(y->grad, i), a * a * a * a + 1, 1e-4);
+    }
+    /* grad off: the function just runs, nothing recorded */
+    kvf_ctx_reset(ctx);
+    kvf_ctx_set_grad(ctx, false);
+    x = kvf_tensor_from_host(ctx, KVF_DTYPE_F32, 1, (int64_t[]){3}, xv);
+    in[0] = x;
+    in[1] = x;
+    ck_assert_int_eq(kvf_recompute(ctx, fn_square, NULL, 0, 2, in, 2, out), KVF_OK);
+    ck_assert_int_eq(kvf_tape_size(ctx), 0);
+    ck_assert_double_eq(kvf_tensor_get_flat(out[0], 2), 9.0);
+    kvf_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("model");
@@ -225,6 +418,9 @@ int main(void) {
     tcase_add_loop_test(tc, whole_model_gradients, 0, N_VARIANTS);
     tcase_add_test(tc, gpt2_style_gradients);
     tcase_add_test(tc, mla_qlora_gradients);
+    tcase_add_loop_test(tc, recompute_matches_plain_bitwise, 0, N_RC_VARIANTS);
+    tcase_add_test(tc, recompute_gpt2_style_and_qlora);
+    tcase_add_test(tc, recompute_engine_contract);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
