@@ -164,6 +164,45 @@ START_TEST(resume_is_bit_exact_and_checkpoint_reloads) {
 }
 END_TEST
 
+/* run.recompute: blocks re-runs every block in backward; the floats are the same, so the
+ * whole run (losses, validation, final weights) must be identical to recompute: none —
+ * for CLA too, where K/V cross block boundaries. */
+START_TEST(recompute_run_is_bit_exact) {
+    const char *att[] = {"gqa2", "cla2_mla_r16"};
+    for (int v = 0; v < 2; v++) {
+        kvf_run_config c;
+        kvf_train_result r[2];
+        kvf_model *m[2];
+        for (int k = 0; k < 2; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s_%s", att[v], k ? "blocks" : "none");
+            base_config(&c, name, att[v]);
+            c.model.n_layers = 4;
+            c.steps = 12;
+            c.eval_every = 6;
+            ck_assert_int_eq(kvf_run_config_set(&c, k ? "run.recompute=blocks" : "run.recompute=none"), KVF_OK);
+            ck_assert_msg(kvf_run_config_finish(&c, "test") == KVF_OK, "%s", kvf_error_message());
+            FILE *log = quiet();
+            kvf_train_opts o = {.config_path = "test", .log = log};
+            ck_assert_msg(kvf_train(&c, &o, &r[k]) == KVF_OK, "%s: %s", name, kvf_error_message());
+            fclose(log);
+            char p[1024];
+            snprintf(p, sizeof p, "%s/checkpoint", r[k].run_dir);
+            m[k] = kvf_checkpoint_load(p, KVF_DEVICE_CPU);
+            ck_assert_msg(m[k] != NULL, "%s", kvf_error_message());
+        }
+        ck_assert_msg(r[0].last_loss == r[1].last_loss, "%s: loss %.9g vs %.9g", att[v], r[0].last_loss, r[1].last_loss);
+        ck_assert_msg(r[0].val_loss == r[1].val_loss, "%s: val loss %.9g vs %.9g", att[v], r[0].val_loss, r[1].val_loss);
+        kvf_tensor *a = kvf_params_values(m[0]->params), *b = kvf_params_values(m[1]->params);
+        ck_assert_int_eq(kvf_tensor_numel(a), kvf_tensor_numel(b));
+        ck_assert_msg(memcmp(kvf_tensor_data(a), kvf_tensor_data(b), kvf_tensor_nbytes(a)) == 0,
+                      "%s: weights differ after training with recompute", att[v]);
+        kvf_model_free(m[0]);
+        kvf_model_free(m[1]);
+    }
+}
+END_TEST
+
 START_TEST(eval_windows_match_definition) {
     /* eval over N tokens with window W equals the mean of per-window losses computed one
      * window at a time, over floor((N-1)/W) windows */
@@ -256,6 +295,7 @@ int main(void) {
     tcase_add_loop_test(tc, every_variant_learns, 0, N_VARIANTS);
     tcase_add_test(tc, resume_is_bit_exact_and_checkpoint_reloads);
     tcase_add_test(tc, eval_windows_match_definition);
+    tcase_add_test(tc, recompute_run_is_bit_exact);
     tcase_add_test(tc, divergence_stops_with_an_error);
     tcase_add_test(tc, existing_run_needs_resume);
     suite_add_tcase(s, tc);

@@ -74,7 +74,8 @@ static kvf_status emit(kvf_metrics *m, json_t *o) {
 }
 
 kvf_status kvf_metrics_step(kvf_metrics *m, int64_t step, double loss, double lr, double grad_norm,
-                            double tokens_per_s, double flops_per_s, size_t memory_bytes) {
+                            double tokens_per_s, double flops_per_s, size_t memory_bytes,
+                            size_t arena_peak_bytes) {
     json_t *o = json_object();
     json_object_set_new(o, "step", json_integer(step));
     json_object_set_new(o, "loss", num(loss));
@@ -83,6 +84,7 @@ kvf_status kvf_metrics_step(kvf_metrics *m, int64_t step, double loss, double lr
     json_object_set_new(o, "tokens_per_s", num(tokens_per_s));
     json_object_set_new(o, "flops_per_s", num(flops_per_s));
     json_object_set_new(o, "memory_bytes", json_integer((json_int_t)memory_bytes));
+    json_object_set_new(o, "arena_peak_bytes", json_integer((json_int_t)arena_peak_bytes));
     return emit(m, o);
 }
 

@@ -39,6 +39,7 @@ static const struct field fields[] = {
     INT("run", "seed", seed, 0, 9.0e18, "seed for initialisation and data order"),
     ENUM("run", "device", device, "cpu|cuda", "where to train"),
     ENUM("run", "dtype", dtype, "auto|f32|bf16", "compute dtype: auto = bf16 on cuda (f32 master weights and optimizer state), f32 on the CPU"),
+    ENUM("run", "recompute", recompute, "none|blocks", "activation recomputation: blocks keeps only each transformer block's input (and K/V that later CLA layers read) and re-runs the block in backward: less activation memory for about a third more forward compute; same loss and gradients"),
     ENUM("model", "attention", attention, NULL, "attention design: mha, gqaN, mqa, sqa_qAkvB, mla_rR[_dD], mla_partial_rR_dD, claK_<design>, swaW_<design>"),
     MI64("vocab_size", vocab_size, 1, 1e9, "vocabulary size (0: the tokenizer's)"),
     MI64("d_model", d_model, 1, 1e6, "model width"),
@@ -98,6 +99,7 @@ void kvf_run_config_defaults(kvf_run_config *c) {
     c->seed = 1;
     snprintf(c->device, sizeof c->device, "cpu");
     snprintf(c->dtype, sizeof c->dtype, "auto");
+    snprintf(c->recompute, sizeof c->recompute, "none");
     kvf_model_config_defaults(&c->model);
     c->model.vocab_size = 0;
     c->model.max_seq_len = 0;

@@ -16,6 +16,7 @@ struct kvf_run_config {
     int64_t seed;
     char device[16];      /* cpu | cuda */
     char dtype[16];       /* auto | f32 | bf16: compute dtype (masters stay f32) */
+    char recompute[16];   /* none | blocks: activation recomputation (model/transformer.h) */
     /* model: base shape + attention variant name (model/variant.h) */
     kvf_model_config model;
     char attention[64];

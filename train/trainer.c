@@ -220,6 +220,7 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
         if ((st = resume(r, dev)) != KVF_OK) goto done;
     }
     if ((st = kvf_model_set_compute_dtype(r->model, cdt)) != KVF_OK) goto done;
+    if ((st = kvf_recompute_parse(cfg->recompute, &r->model->recompute)) != KVF_OK) goto done;
     r->ctx = kvf_ctx_init(dev);
     if (!r->ctx || (st = make_optimizer(r)) != KVF_OK) {
         st = kvf_error_code();
@@ -249,12 +250,13 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
     kvf_batcher_train(r->batcher, &n_train);
     kvf_batcher_val(r->batcher, &n_val);
     fprintf(r->log, "kvforge train: %s | %s attention | %lld params | KV cache %lld B/token | "
-            "%lld train + %lld val tokens | %lld steps of %lld tokens%s%s%s\n",
+            "%lld train + %lld val tokens | %lld steps of %lld tokens%s%s%s%s\n",
             r->dir, cfg->attention, (long long)kvf_model_n_params(m),
             (long long)kvf_model_kv_bytes_per_token(m), (long long)n_train, (long long)n_val,
             (long long)cfg->steps, (long long)tokens_per_step, dev == KVF_DEVICE_CPU ? "" : " | ",
             dev == KVF_DEVICE_CPU ? "" : kvf_device_name(dev),
-            dev == KVF_DEVICE_CPU ? "" : (cdt == KVF_DTYPE_BF16 ? " bf16 (f32 masters)" : " f32"));
+            dev == KVF_DEVICE_CPU ? "" : (cdt == KVF_DTYPE_BF16 ? " bf16 (f32 masters)" : " f32"),
+            r->model->recompute == KVF_RECOMPUTE_BLOCKS ? " | recomputing blocks" : "");
     if (opts->resume_dir) fprintf(r->log, "resuming at step %lld\n", (long long)r->step);
 
     int32_t *in = malloc(sizeof(int32_t) * (size_t)(cfg->batch_size * cfg->seq_len));
@@ -331,12 +333,15 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
             char rate[32], etas[32];
             fmt_rate(rate, sizeof rate, tps);
             fmt_duration(etas, sizeof etas, eta);
-            fprintf(r->log, "step %*lld/%lld | loss %.4f | lr %.2e | norm %.3f | %s tok/s | ETA %s\n",
+            size_t peak = kvf_ctx_arena_peak(r->ctx);
+            fprintf(r->log, "step %*lld/%lld | loss %.4f | lr %.2e | norm %.3f | %s tok/s | "
+                    "arena peak %.1f MB | ETA %s\n",
                     (int)snprintf(NULL, 0, "%lld", (long long)cfg->steps), (long long)r->step,
-                    (long long)cfg->steps, loss, lr, ci.norm, rate, etas);
+                    (long long)cfg->steps, loss, lr, ci.norm, rate, (double)peak / 1e6, etas);
             kvf_metrics_step(r->metrics, r->step, loss, lr, ci.norm, tps, flops_tok * tps,
                              kvf_ctx_arena_reserved(r->ctx) +
-                                 (size_t)kvf_params_numel(r->model->params) * 4 * 4);
+                                 (size_t)kvf_params_numel(r->model->params) * 4 * 4,
+                             peak);
             t_log = t;
             tokens_since_log = 0;
         }
