@@ -392,12 +392,9 @@ static kvf_status ds_layer(const kvf_model *src, kvf_model *dst, int l, const st
     for (int i = 0; i < h; i++) {
         int j = i / z->rep;
         double *kb = kvb + (size_t)i * (d + dv) * R;
-        for (int f = 0; f < d; f++)
-            for (int r = 0; r < R; r++) {
-                double s = 0;
-                for (int n = 0; n < Lk; n++) s += A[((size_t)i * Lk + n) * d + f] * Up[(size_t)n * R + r];
-                kb[(size_t)f * R + r] = alpha * s;
-            }
+        /* A_i is Lk×d, Up's first Lk rows Lk×R: kb_k = α·A_iᵀ·Up_k (d×R) */
+        kvf_dgemm(true, false, d, R, Lk, A + (size_t)i * Lk * d, Up, kb);
+        for (size_t q = 0; q < (size_t)d * R; q++) kb[q] *= alpha;
         for (int e = 0; e < dv; e++)
             for (int r = 0; r < R; r++) kb[(size_t)(d + e) * R + r] = Up[(size_t)(Lk + j * dv + e) * R + r];
     }
@@ -452,14 +449,8 @@ static kvf_status ds_layer(const kvf_model *src, kvf_model *dst, int l, const st
             for (int x = 0; x < qin; x++)
                 qo[(size_t)f * qin + x] = z->scale * (RQ ? Pq[(size_t)(i * d + f) * (h * d) + x] : srow[x]);
         }
-        for (int e = 0; e < m; e++) {
-            const double *b = B + ((size_t)i * m + e) * d;
-            for (int x = 0; x < qin; x++) {
-                double s = 0;
-                for (int f = 0; f < d; f++) s += b[f] * qo[(size_t)f * qin + x];
-                qo[(size_t)(d + e) * qin + x] = s;
-            }
-        }
+        /* rows d..d+m of the head: B_i (m×d) times its first d rows (d×qin) */
+        kvf_dgemm(false, false, m, qin, d, B + (size_t)i * m * d, qo, qo + (size_t)d * qin);
     }
 
     if (RQ) {
