@@ -4,6 +4,7 @@
  *
  *   kvf_bench_train [--variants mha,gqa4,mqa,cla2_mha,sqa_q6kv6,mla_r256] [--batch 16]
  *                   [--seq 1024] [--steps 20] [--warmup 3] [--dtype bf16|f32] [--profile]
+ *                   [--recompute none|blocks]
  *
  * Each step is the trainer's (train/trainer.c): zero grads, forward + loss, backward (queued
  * before the loss is read), global-norm clipping at 1.0, one fused AdamW update (lr 3e-4,
@@ -14,8 +15,9 @@
  * peak (parameters, gradients, AdamW moments, the activation arena, scratch). The peer
  * reports torch.cuda.max_memory_allocated(), which likewise excludes the CUDA context.
  * --profile adds one step with synchronisation after each phase (forward, backward,
- * optimizer) and prints their times. One JSON line per variant goes to stdout; exit 77
- * without a GPU. */
+ * optimizer) and prints their times. --recompute blocks re-runs each transformer block in
+ * the backward (model/transformer.h); arena_peak_gb is the most arena bytes in use at once.
+ * One JSON line per variant goes to stdout; exit 77 without a GPU. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -55,6 +57,7 @@ struct opts {
     int steps, warmup;
     kvf_dtype dtype;
     bool profile;
+    kvf_recompute_mode recompute;
 };
 
 struct step_ctx {
@@ -122,6 +125,7 @@ static int run_variant(const char *variant, const struct opts *o) {
     kvf_ctx *ctx = m ? kvf_ctx_init(KVF_DEVICE_CUDA) : NULL;
     kvf_optim_config oc = kvf_optim_config_default(KVF_OPTIM_ADAMW);
     kvf_optimizer *opt = ctx ? kvf_optimizer_init(m->params, &oc) : NULL;
+    if (m) m->recompute = o->recompute;
     if (!opt || kvf_model_set_compute_dtype(m, o->dtype) != KVF_OK) {
         fprintf(stderr, "bench_train %s: %s\n", variant, kvf_error_message());
         kvf_optimizer_free(opt);
@@ -160,21 +164,25 @@ static int run_variant(const char *variant, const struct opts *o) {
         double flops_tok = 3.0 * kvf_model_flops_per_token(&m->cfg, o->seq);
         double mem_gb = free0 > free1 ? (double)(free0 - free1) / 1e9 : NAN;
         double arena_gb = (double)kvf_ctx_arena_reserved(ctx) / 1e9;
+        double peak_gb = (double)kvf_ctx_arena_peak(ctx) / 1e9;
         double state_gb = (double)kvf_params_numel(m->params) * 16.0 / 1e9;
         fprintf(stderr, "%-10s B %2lld T %5lld %s | %8.0f tok/s | %7.1f ms/step | %5.1f TFLOP/s | "
-                "mem %.2f GB (arena %.2f, params+grads+adam %.2f) | loss %.4f | warm-up %.1fs",
+                "mem %.2f GB (arena %.2f, peak in use %.2f, params+grads+adam %.2f) | loss %.4f | "
+                "warm-up %.1fs%s",
                 variant, (long long)o->batch, (long long)o->seq, kvf_dtype_name(o->dtype), tps,
-                1e3 * tt / o->steps, flops_tok * tps / 1e12, mem_gb, arena_gb, state_gb, loss, tw);
+                1e3 * tt / o->steps, flops_tok * tps / 1e12, mem_gb, arena_gb, peak_gb, state_gb, loss,
+                tw, o->recompute == KVF_RECOMPUTE_BLOCKS ? " | recompute blocks" : "");
         if (o->profile)
             fprintf(stderr, " | fwd %.1f bwd %.1f opt %.1f ms", 1e3 * ph[0], 1e3 * ph[1], 1e3 * ph[2]);
         fputc('\n', stderr);
         printf("{\"variant\": \"%s\", \"B\": %lld, \"T\": %lld, \"dtype\": \"%s\", \"params\": %lld, "
                "\"tok_per_s\": %.1f, \"step_ms\": %.3f, \"model_tflops\": %.2f, \"peak_mem_gb\": %.3f, "
-               "\"arena_gb\": %.3f, \"loss\": %.5f, \"warm_s\": %.2f, \"fwd_ms\": %.2f, \"bwd_ms\": %.2f, "
-               "\"opt_ms\": %.2f}\n",
+               "\"arena_gb\": %.3f, \"arena_peak_gb\": %.3f, \"recompute\": \"%s\", \"loss\": %.5f, "
+               "\"warm_s\": %.2f, \"fwd_ms\": %.2f, \"bwd_ms\": %.2f, \"opt_ms\": %.2f}\n",
                variant, (long long)o->batch, (long long)o->seq, kvf_dtype_name(o->dtype),
                (long long)kvf_model_n_params(&m->cfg), tps, 1e3 * tt / o->steps,
-               flops_tok * tps / 1e12, mem_gb, arena_gb, loss, tw, 1e3 * ph[0], 1e3 * ph[1],
+               flops_tok * tps / 1e12, mem_gb, arena_gb, peak_gb,
+               o->recompute == KVF_RECOMPUTE_BLOCKS ? "blocks" : "none", loss, tw, 1e3 * ph[0], 1e3 * ph[1],
                1e3 * ph[2]);
         fflush(stdout);
     }
@@ -204,10 +212,15 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bench_train: --dtype must be bf16 or f32, got '%s'\n", d);
                 return 2;
             }
+        } else if (!strcmp(a, "--recompute") && v) {
+            if (kvf_recompute_parse(argv[++i], &o.recompute) != KVF_OK) {
+                fprintf(stderr, "bench_train: --recompute: %s\n", kvf_error_message());
+                return 2;
+            }
         } else if (!strcmp(a, "--profile")) o.profile = true;
         else {
             fprintf(stderr, "usage: kvf_bench_train [--variants a,b] [--batch B] [--seq T] [--steps N] "
-                            "[--warmup N] [--dtype bf16|f32] [--profile]\n");
+                            "[--warmup N] [--dtype bf16|f32] [--profile] [--recompute none|blocks]\n");
             return 2;
         }
     }

@@ -293,8 +293,8 @@ static kvf_tensor *mlp_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h) {
 
 /* One transformer block as a kvf_recompute_fn: in {x, inv_freq, producer K, producer V}
  * (the last two for CLA consumers, else NULL) → out {x after the block, K, V} (K/V only for
- * producers: this layer's). The same function runs the plain forward, so both modes do
- * the same ops in the same order. */
+ * a producer whose K/V later layers read: they cross the block boundary). The same function
+ * runs the plain forward, so both modes do the same ops in the same order. */
 enum { BLOCK_N_IN = 4, BLOCK_N_OUT = 3 };
 struct block_ud {
     kvf_model *m;
