@@ -68,14 +68,15 @@ struct cal {
 /* A_new's rows of one projection given the corrections S: per head h,
  * (Σ_l S_lhᵀ D_lh S_lh) W_h G_p = Σ_l S_lhᵀ D_lh (A_s X_sp)_h. */
 static kvf_status refit(struct cal *k, int t) {
-    int rph = k->rph[t], da = (int)k->da;
-    double *lhs = malloc(sizeof(double) * (size_t)rph * rph), *rhs = malloc(sizeof(double) * (size_t)rph * da),
-           *Y = malloc(sizeof(double) * (size_t)rph * da), *YT = malloc(sizeof(double) * (size_t)rph * da),
+    int rph = k->rph[t], da = (int)k->da, nkv = k->nkv;
+    size_t rows = (size_t)nkv * rph;
+    /* every head's right-hand side first, so that G_p (da×da) is factorised once, not per head */
+    double *lhs = calloc((size_t)nkv * rph * rph, sizeof(double)), *rhs = calloc(rows * da, sizeof(double)),
+           *Y = malloc(sizeof(double) * rows * da), *YT = malloc(sizeof(double) * (size_t)rph * da),
            *WT = malloc(sizeof(double) * (size_t)rph * da);
     kvf_status s = lhs && rhs && Y && YT && WT ? KVF_OK : kvf_error_set(KVF_ERR_OOM, "cla calib: out of memory");
-    for (int h = 0; s == KVF_OK && h < k->nkv; h++) {
-        memset(lhs, 0, sizeof(double) * (size_t)rph * rph);
-        memset(rhs, 0, sizeof(double) * (size_t)rph * da);
+    for (int h = 0; s == KVF_OK && h < nkv; h++) {
+        double *lh = lhs + (size_t)h * rph * rph, *rh = rhs + (size_t)h * rph * da;
         for (int i = 0; i < k->nl; i++) {
             const double *S = k->S[t][i] + (size_t)h * rph * rph, *Dw = k->D[t][i] + (size_t)h * rph,
                          *AX = k->AX[t][k->jl[i]] + (size_t)h * rph * da;
@@ -83,20 +84,22 @@ static kvf_status refit(struct cal *k, int t) {
                 for (int b = 0; b < rph; b++) {
                     double acc = 0;
                     for (int r = 0; r < rph; r++) acc += S[(size_t)r * rph + a] * Dw[r] * S[(size_t)r * rph + b];
-                    lhs[(size_t)a * rph + b] += acc;
+                    lh[(size_t)a * rph + b] += acc;
                 }
             for (int a = 0; a < rph; a++)
                 for (int r = 0; r < rph; r++) {
                     double f = S[(size_t)r * rph + a] * Dw[r];
                     if (f == 0) continue;
-                    for (int e = 0; e < da; e++) rhs[(size_t)a * da + e] += f * AX[(size_t)r * da + e];
+                    for (int e = 0; e < da; e++) rh[(size_t)a * da + e] += f * AX[(size_t)r * da + e];
                 }
         }
-        s = kvf_cv_solve_right(rph, da, rhs, k->Gp, Y); /* Y = rhs G_p⁻¹ */
-        if (s != KVF_OK) break;
+    }
+    if (s == KVF_OK) s = kvf_cv_solve_right((int)rows, da, rhs, k->Gp, Y); /* Y = rhs G_p⁻¹ */
+    for (int h = 0; s == KVF_OK && h < nkv; h++) {
+        const double *Yh = Y + (size_t)h * rph * da;
         for (int a = 0; a < rph; a++) /* W_h = lhs⁻¹ Y  ⇔  W_hᵀ = Yᵀ lhs⁻¹ */
-            for (int e = 0; e < da; e++) YT[(size_t)e * rph + a] = Y[(size_t)a * da + e];
-        s = kvf_cv_solve_right(da, rph, YT, lhs, WT);
+            for (int e = 0; e < da; e++) YT[(size_t)e * rph + a] = Yh[(size_t)a * da + e];
+        s = kvf_cv_solve_right(da, rph, YT, lhs + (size_t)h * rph * rph, WT);
         for (int a = 0; s == KVF_OK && a < rph; a++)
             for (int e = 0; e < da; e++) k->Anew[t][((size_t)h * rph + a) * da + e] = WT[(size_t)e * rph + a];
     }
