@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "autograd/backend.h"
+#include "autograd/context.h"
 #include "model/safetensors.h"
 
 #define STATE_FILE "trainer_state.safetensors"
