@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "autograd/ops.h"
+#include "convert/convert.h"
 #include "data/corpus.h"
 #include "data/tokenizer.h"
 #include "model/checkpoint.h"
@@ -203,6 +204,80 @@ START_TEST(recompute_run_is_bit_exact) {
 }
 END_TEST
 
+/* model.init_from: uptraining starts from a converted checkpoint. With lr 0 the run's final
+ * weights are the converted ones byte for byte (so they were loaded, not initialised), and
+ * training from them lowers the validation loss; other model keys are refused. */
+START_TEST(init_from_converted_checkpoint) {
+    kvf_run_config c;
+    base_config(&c, "src", "mha");
+    c.model.n_layers = 4;
+    c.steps = 40;
+    ck_assert(kvf_run_config_finish(&c, "test") == KVF_OK);
+    FILE *log = quiet();
+    kvf_train_opts o = {.config_path = "test", .log = log};
+    kvf_train_result r;
+    ck_assert_msg(kvf_train(&c, &o, &r) == KVF_OK, "%s", kvf_error_message());
+    char src[1024], conv[1024];
+    snprintf(src, sizeof src, "%s/runs/src/checkpoint", tmpdir);
+    snprintf(conv, sizeof conv, "%s/cla2", tmpdir);
+    kvf_convert_opts co;
+    kvf_convert_opts_defaults(&co);
+    co.to = KVF_CONVERT_CLA;
+    co.share = 2;
+    ck_assert_msg(kvf_convert_run(src, conv, &co, log) == KVF_OK, "%s", kvf_error_message());
+
+    double val[2];
+    for (int k = 0; k < 2; k++) {
+        char yaml[2048];
+        snprintf(yaml, sizeof yaml,
+                 "run: {name: up%d, out_dir: %s/runs, seed: 3}\nmodel: {init_from: %s}\n"
+                 "data: {train: %s, seq_len: 32, batch_size: 8}\n"
+                 "optim: {lr: %s, min_lr: 0, warmup_steps: 0}\ntrain: {steps: %d, log_every: 1000, eval_tokens: 4096}\n",
+                 k, tmpdir, conv, corpus, k ? "3e-3" : "0", k ? 40 : 1);
+        kvf_run_config u;
+        kvf_run_config_defaults(&u);
+        ck_assert_msg(kvf_run_config_load(&u, "up.yaml", yaml) == KVF_OK, "%s", kvf_error_message());
+        ck_assert_msg(kvf_run_config_finish(&u, "up.yaml") == KVF_OK, "%s", kvf_error_message());
+        ck_assert_msg(kvf_train(&u, &o, &r) == KVF_OK, "%s", kvf_error_message());
+        val[k] = r.val_loss;
+        if (k == 0) {
+            char out[1024];
+            snprintf(out, sizeof out, "%s/runs/up0/checkpoint", tmpdir);
+            kvf_model *a = kvf_checkpoint_load(conv, KVF_DEVICE_CPU), *b = kvf_checkpoint_load(out, KVF_DEVICE_CPU);
+            ck_assert_msg(a && b, "%s", kvf_error_message());
+            ck_assert_int_eq(a->cfg.kv_source[1], 0); /* still CLA2 */
+            ck_assert_int_eq(b->cfg.kv_source[1], 0);
+            kvf_tensor *va = kvf_params_values(a->params), *vb = kvf_params_values(b->params);
+            ck_assert_int_eq(kvf_tensor_numel(va), kvf_tensor_numel(vb));
+            ck_assert_msg(memcmp(kvf_tensor_data(va), kvf_tensor_data(vb), kvf_tensor_nbytes(va)) == 0,
+                          "an lr-0 run from init_from changed (or never loaded) the weights");
+            kvf_model_free(a);
+            kvf_model_free(b);
+        }
+    }
+    fclose(log);
+    fprintf(stderr, "cla2 from a trained mha: val loss %.4f -> %.4f after 40 steps\n", val[0], val[1]);
+    ck_assert_msg(val[1] < val[0] - 0.01, "uptraining did not help: %.4f -> %.4f", val[0], val[1]);
+
+    kvf_run_config u;
+    kvf_run_config_defaults(&u);
+    char yaml[2048];
+    snprintf(yaml, sizeof yaml, "model: {init_from: %s, d_model: 64}\ndata: {train: %s}\n", conv, corpus);
+    ck_assert(kvf_run_config_load(&u, "bad.yaml", yaml) == KVF_OK);
+    ck_assert_int_eq(kvf_run_config_finish(&u, "bad.yaml"), KVF_ERR_ARG);
+    ck_assert_msg(strstr(kvf_error_message(), "model.d_model") && strstr(kvf_error_message(), "init_from"), "%s",
+                  kvf_error_message());
+    kvf_error_clear();
+    kvf_run_config_defaults(&u);
+    snprintf(yaml, sizeof yaml, "model: {init_from: %s/nope}\ndata: {train: %s}\n", tmpdir, corpus);
+    ck_assert(kvf_run_config_load(&u, "bad.yaml", yaml) == KVF_OK);
+    ck_assert(kvf_run_config_finish(&u, "bad.yaml") != KVF_OK);
+    ck_assert_msg(strstr(kvf_error_message(), "model.init_from") && strstr(kvf_error_message(), "nope"), "%s",
+                  kvf_error_message());
+    kvf_error_clear();
+}
+END_TEST
+
 START_TEST(eval_windows_match_definition) {
     /* eval over N tokens with window W equals the mean of per-window losses computed one
      * window at a time, over floor((N-1)/W) windows */
@@ -298,6 +373,7 @@ int main(void) {
     tcase_add_test(tc, recompute_run_is_bit_exact);
     tcase_add_test(tc, divergence_stops_with_an_error);
     tcase_add_test(tc, existing_run_needs_resume);
+    tcase_add_test(tc, init_from_converted_checkpoint);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     /* no fork per test: in a forked child the parent's idle OpenMP/OpenBLAS threads keep

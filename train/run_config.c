@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/hf_config.h"
 #include "model/variant.h"
 #include "yaml_tree.h"
 
@@ -65,6 +66,7 @@ static const struct field fields[] = {
     STR("model", "match_params", match_params, "tune d_ff so the model has as many parameters as this attention design would (fair comparisons)"),
     STR("model", "window", window, "sliding window: one value for all layers, or a comma list per layer (0 = global)"),
     FLT("model", "init_std", model.init_std, 0, 10, "initialisation std (0: 0.02)"),
+    STR("model", "init_from", init_from, "start from this model folder (HF or kvforge checkpoint, e.g. a kvforge convert output): its architecture and weights; no other model.* key may be given, and its tokenizer is used unless data.tokenizer is set"),
     STR("data", "train", train_data, "training data: text, JSONL, llm.c .bin, archive or folder"),
     STR("data", "val", val_data, "validation data (empty: the last val_fraction of train)"),
     FLT("data", "val_fraction", val_fraction, 0, 0.5, "share of train held out when val is empty"),
@@ -185,7 +187,20 @@ static kvf_status unknown_key(const char *where, const char *section, const char
 }
 
 /* Store a scalar's text into field f; where = "file:line" for messages. */
+static kvf_status set_value(kvf_run_config *c, const struct field *f, const char *text, bool quoted,
+                            const char *where);
+
+/* Records which keys were given (init_from takes the whole model section, and the tokenizer
+ * unless one is named), then sets the value. */
 static kvf_status set_field(kvf_run_config *c, const struct field *f, const char *text, bool quoted,
+                            const char *where) {
+    if (!strcmp(f->section, "model") && strcmp(f->key, "init_from") && !c->model_key_given[0])
+        snprintf(c->model_key_given, sizeof c->model_key_given, "%s", f->key);
+    if (!strcmp(f->section, "data") && !strcmp(f->key, "tokenizer")) c->tokenizer_given = true;
+    return set_value(c, f, text, quoted, where);
+}
+
+static kvf_status set_value(kvf_run_config *c, const struct field *f, const char *text, bool quoted,
                             const char *where) {
     char *dst = (char *)c + f->offset;
     char *end;
@@ -337,8 +352,29 @@ static int parse_list(const char *s, int64_t *out, int max) {
     return n;
 }
 
+/* model.init_from: the architecture is the folder's; the schedule, data and optimizer keys
+ * still come from the run config. */
+static kvf_status finish_init_from(kvf_run_config *c, const char *path) {
+    KVF_CHECK(!c->model_key_given[0], KVF_ERR_ARG,
+              "%s: model.%s cannot be combined with model.init_from (the architecture comes from %s)", path,
+              c->model_key_given, c->init_from);
+    kvf_hf_arch arch;
+    if (kvf_hf_config_read_arch(c->init_from, &c->model, &arch) != KVF_OK) {
+        char msg[768];
+        snprintf(msg, sizeof msg, "%s", kvf_error_message());
+        kvf_error_clear();
+        return kvf_error_set(KVF_ERR_ARG, "%s: model.init_from: %s", path, msg);
+    }
+    if (!c->tokenizer_given) snprintf(c->tokenizer, sizeof c->tokenizer, "%s", c->init_from);
+    return KVF_OK;
+}
+
 kvf_status kvf_run_config_finish(kvf_run_config *c, const char *path) {
     kvf_model_config *m = &c->model;
+    if (c->init_from[0]) {
+        KVF_TRY(finish_init_from(c, path));
+        goto checks;
+    }
     m->norm = !strcmp(c->norm, "layernorm") ? KVF_NORM_LAYER : KVF_NORM_RMS;
     m->mlp = !strcmp(c->mlp, "swiglu") ? KVF_MLP_SWIGLU : KVF_MLP_GELU;
     m->gelu_exact = !strcmp(c->mlp, "gelu_exact");
@@ -412,6 +448,7 @@ kvf_status kvf_run_config_finish(kvf_run_config *c, const char *path) {
                   path, c->match_params, (long long)target, (long long)have);
         m->d_ff = d_ff;
     }
+checks:
     KVF_CHECK(c->seq_len <= m->max_seq_len, KVF_ERR_ARG,
               "%s: data.seq_len (%lld) exceeds model.max_seq_len (%lld)", path,
               (long long)c->seq_len, (long long)m->max_seq_len);

@@ -25,6 +25,9 @@ struct kvf_run_config {
     char kv_producers[256]; /* "0,2,5": explicit CLA producer list, empty = variant's */
     char window[256];       /* one value for every layer or a comma list per layer */
     char match_params[64];  /* attention design whose parameter count d_ff is tuned to match */
+    char init_from[KVF_PATH_MAX]; /* a model folder to start from (architecture and weights) */
+    char model_key_given[64];     /* the first other model.* key set (refused with init_from) */
+    bool tokenizer_given;         /* data.tokenizer was set (else init_from's tokenizer, or byte) */
     /* data */
     char train_data[KVF_PATH_MAX];
     char val_data[KVF_PATH_MAX]; /* empty: the tail of train_data */

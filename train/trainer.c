@@ -200,11 +200,19 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
         goto done;
     }
     if ((st = load_data(r)) != KVF_OK) goto done;
-    /* initialised on the CPU (the same weights for any device), then copied over */
-    r->model = kvf_model_init(&mc, KVF_DEVICE_CPU);
-    if (!r->model || (st = kvf_model_init_weights(r->model, (uint64_t)cfg->seed)) != KVF_OK) {
-        st = kvf_error_code();
-        goto done;
+    /* initialised (or loaded) on the CPU (the same weights for any device), then copied over */
+    if (cfg->init_from[0] && !opts->resume_dir) {
+        r->model = kvf_checkpoint_load(cfg->init_from, KVF_DEVICE_CPU);
+        if (!r->model) {
+            st = kvf_error_code();
+            goto done;
+        }
+    } else {
+        r->model = kvf_model_init(&mc, KVF_DEVICE_CPU);
+        if (!r->model || (st = kvf_model_init_weights(r->model, (uint64_t)cfg->seed)) != KVF_OK) {
+            st = kvf_error_code();
+            goto done;
+        }
     }
     if (dev != KVF_DEVICE_CPU && !opts->resume_dir) {
         kvf_model *dm = kvf_model_to_device(r->model, dev);
