@@ -511,22 +511,22 @@ static kvf_status ds_dims_init(const kvf_model_config *c, const kvf_convert_opts
     z->dv = c->v_head_dim;
     z->L = z->g * z->d;
     KVF_CHECK(o->rope_dim != -1, KVF_ERR_ARG,
-                   "convert: --rope-dim all is only for --style partial-rope; --style deepseek needs the "
-                   "shared RoPE key's dimension (an even divisor of head_dim %d)", z->d);
+              "convert: --rope-dim all is only for --style partial-rope; --style deepseek needs the "
+              "shared RoPE key's dimension (an even divisor of head_dim %d)", z->d);
     z->m = o->rope_dim;
     KVF_CHECK(z->m >= 2 && z->m % 2 == 0 && z->m <= z->d && z->d % z->m == 0, KVF_ERR_ARG,
-                   "convert: --rope-dim %d does not work with --style deepseek: it must be even, at least 2, "
-                   "at most head_dim %d and divide it (each pair of the shared RoPE key stands for "
-                   "head_dim/rope_dim original frequencies)",
-                   z->m, z->d);
+              "convert: --rope-dim %d does not work with --style deepseek: it must be even, at least 2, "
+              "at most head_dim %d and divide it (each pair of the shared RoPE key stands for "
+              "head_dim/rope_dim original frequencies)",
+              z->m, z->d);
     z->c = z->d / z->m;
     z->F = o->freqfold > 0 ? o->freqfold : z->c;
     KVF_CHECK(z->F % z->c == 0, KVF_ERR_ARG,
-                   "convert: --freqfold %d must be a multiple of head_dim/rope_dim = %d/%d = %d (FreqFold "
-                   "folds that many frequencies into each kept RoPE pair)",
-                   z->F, z->d, z->m, z->c);
+              "convert: --freqfold %d must be a multiple of head_dim/rope_dim = %d/%d = %d (FreqFold "
+              "folds that many frequencies into each kept RoPE pair)",
+              z->F, z->d, z->m, z->c);
     KVF_CHECK((z->d / 2) % z->F == 0, KVF_ERR_ARG, "convert: --freqfold %d must divide head_dim/2 = %d",
-                   z->F, z->d / 2);
+              z->F, z->d / 2);
     z->nr = z->F / z->c;
     z->gs = z->g * z->F;
     z->ngrp = z->d / 2 / z->F;
@@ -535,17 +535,17 @@ static kvf_status ds_dims_init(const kvf_model_config *c, const kvf_convert_opts
     z->R = o->kv_rank;
     KVF_CHECK(z->R >= 1, KVF_ERR_ARG, "convert: --kv-rank is required (1 .. %d for this model)", z->W);
     KVF_CHECK(z->R <= z->W, KVF_ERR_ARG,
-                   "convert: --kv-rank %d is above the maximum %d for this model (the width of [K_nope, V] "
-                   "over all KV heads: 2·%d·%d − %d)",
-                   z->R, z->W, z->g, z->d, z->m);
+              "convert: --kv-rank %d is above the maximum %d for this model (the width of [K_nope, V] "
+              "over all KV heads: 2·%d·%d − %d)",
+              z->R, z->W, z->g, z->d, z->m);
     z->RQ = o->q_rank;
     KVF_CHECK(z->RQ >= 0 && z->RQ <= z->h * z->d, KVF_ERR_ARG,
-                   "convert: --q-rank %d is above the maximum %d for this model (query heads × head_dim)",
-                   z->RQ, z->h * z->d);
+              "convert: --q-rank %d is above the maximum %d for this model (query heads × head_dim)",
+              z->RQ, z->h * z->d);
     KVF_CHECK(tu->factor != KVF_MLA_FACTOR_SVD, KVF_ERR_ARG,
-                   "convert: the deepseek route factorises by activation PCA, not weight SVD");
+              "convert: the deepseek route factorises by activation PCA, not weight SVD");
     KVF_CHECK(tu->factor != KVF_MLA_FACTOR_IDENTITY || z->R == z->W, KVF_ERR_ARG,
-                   "convert: the identity latent needs --kv-rank %d", z->W);
+              "convert: the identity latent needs --kv-rank %d", z->W);
     return KVF_OK;
 }
 

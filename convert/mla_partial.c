@@ -203,9 +203,9 @@ static kvf_status pr_dims_init(const kvf_model_config *c, const kvf_convert_opts
     KVF_CHECK(z->d / 2 <= 1024, KVF_ERR_UNSUPPORTED, "convert: head_dim %d is too large", z->d);
     z->D = o->rope_dim == -1 ? z->d : o->rope_dim;
     KVF_CHECK(z->D >= 0 && z->D % 2 == 0 && z->D <= z->d, KVF_ERR_ARG,
-                   "convert: --rope-dim %d does not work with --style partial-rope: it is the RoPE dims kept "
-                   "per KV head and must be even and at most head_dim %d (or 'all')",
-                   z->D, z->d);
+              "convert: --rope-dim %d does not work with --style partial-rope: it is the RoPE dims kept "
+              "per KV head and must be even and at most head_dim %d (or 'all')",
+              z->D, z->d);
     const char *rs = o->rope_select[0] ? o->rope_select : "norm";
     if (!strcmp(rs, "norm")) z->sel = 0;
     else if (!strcmp(rs, "high")) z->sel = 1;
@@ -218,15 +218,15 @@ static kvf_status pr_dims_init(const kvf_model_config *c, const kvf_convert_opts
     z->W = z->Wn + z->g * z->dv;
     z->R = o->kv_rank;
     KVF_CHECK(z->R >= 1, KVF_ERR_ARG, "convert: --kv-rank is required (1 .. %d for this model at --rope-dim %d)",
-                   z->W, z->D);
+              z->W, z->D);
     KVF_CHECK(z->R <= z->W, KVF_ERR_ARG,
-                   "convert: --kv-rank %d is above the maximum %d for this model at --rope-dim %d (the width of "
-                   "[K_nope, V] over all KV heads: %d·(%d − %d) + %d·%d)",
-                   z->R, z->W, z->D, z->g, z->d, z->D, z->g, z->dv);
+              "convert: --kv-rank %d is above the maximum %d for this model at --rope-dim %d (the width of "
+              "[K_nope, V] over all KV heads: %d·(%d − %d) + %d·%d)",
+              z->R, z->W, z->D, z->g, z->d, z->D, z->g, z->dv);
     KVF_CHECK(tu->factor != KVF_MLA_FACTOR_IDENTITY || z->R == z->W, KVF_ERR_ARG,
-                   "convert: the identity latent needs --kv-rank %d", z->W);
+              "convert: the identity latent needs --kv-rank %d", z->W);
     KVF_CHECK(tu->factor != KVF_MLA_FACTOR_PCA, KVF_ERR_ARG,
-                   "convert: the partial-rope route factorises the weights by SVD");
+              "convert: the partial-rope route factorises the weights by SVD");
     return KVF_OK;
 }
 
