@@ -36,6 +36,17 @@ struct result {
     size_t nbytes;
 };
 
+/* FNV-1a over the loss's bits and the gradient bytes: a fingerprint to compare runs of
+ * different builds (a memory change must not move any bit). */
+static uint64_t fingerprint(const struct result *r) {
+    uint64_t h = 1469598103934665603ull;
+    const unsigned char *p = (const unsigned char *)&r->loss;
+    for (size_t i = 0; i < sizeof r->loss; i++) h = (h ^ p[i]) * 1099511628211ull;
+    p = r->grads;
+    for (size_t i = 0; i < r->nbytes; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
 static kvf_status one_step(kvf_model *m, kvf_device dev, const int32_t *ids, const int32_t *tg,
                            int64_t B, int64_t T, struct result *r) {
     kvf_ctx *ctx = kvf_ctx_init(dev);
@@ -117,10 +128,10 @@ static int run_variant(const char *variant, int64_t B, int64_t T, int layers, kv
         printf("{\"variant\": \"%s\", \"B\": %lld, \"T\": %lld, \"layers\": %d, \"device\": \"%s\", "
                "\"peak_none_bytes\": %zu, \"peak_blocks_bytes\": %zu, \"reserved_none_bytes\": %zu, "
                "\"reserved_blocks_bytes\": %zu, \"seconds_none\": %.3f, \"seconds_blocks\": %.3f, "
-               "\"bit_exact\": %s}\n",
+               "\"bit_exact\": %s, \"fingerprint\": \"%016llx\"}\n",
                variant, (long long)B, (long long)T, layers, kvf_device_name(dev), res[0].peak,
                res[1].peak, res[0].reserved, res[1].reserved, res[0].seconds, res[1].seconds,
-               same ? "true" : "false");
+               same ? "true" : "false", (unsigned long long)fingerprint(&res[0]));
         fflush(stdout);
         if (!same && dev == KVF_DEVICE_CPU) {
             fprintf(stderr, "bench_recompute %s: loss or gradients differ with recompute\n", variant);
