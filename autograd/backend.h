@@ -136,12 +136,18 @@ struct kvf_backend {
     /* logits [N, V], targets i32 [N]; loss [1] = mean over targets != ignore_index
      * (0 when none); loss, dloss and lse [N] in the compute dtype (f64 for f64 logits,
      * else f32, also for bf16 logits).
-     * Backward: dlogits += (softmax − onehot)·dloss/count. */
+     * Backward: dlogits += (softmax − onehot)·dloss/count.
+     * Backward in place: logits become their gradient, bit for bit what the accumulating
+     * backward adds into a zeroed buffer (0 + value, so never −0; ignored rows 0); each
+     * element is read before it is written, so no second [N, V] buffer is needed. */
     kvf_status (*cross_entropy)(kvf_tensor *loss, kvf_tensor *lse, const kvf_tensor *logits,
                                 const kvf_tensor *targets, int64_t ignore_index);
     kvf_status (*cross_entropy_backward)(kvf_tensor *dlogits, const kvf_tensor *logits,
                                          const kvf_tensor *lse, const kvf_tensor *targets,
                                          const kvf_tensor *dloss, int64_t ignore_index);
+    kvf_status (*cross_entropy_backward_inplace)(kvf_tensor *logits, const kvf_tensor *lse,
+                                                 const kvf_tensor *targets,
+                                                 const kvf_tensor *dloss, int64_t ignore_index);
 
     /* weight [V, C], ids i32 [N] → out [N, C]. Backward scatter-adds rows (deterministic). */
     kvf_status (*embedding)(kvf_tensor *out, const kvf_tensor *weight, const kvf_tensor *ids);

@@ -119,6 +119,7 @@ struct kvf_ctx {
     struct region *cur; /* where allocations go: main, or scratch during a recompute */
     size_t peak;        /* most device bytes in use at once (main + scratch) */
     bool grad_enabled;
+    bool grad_sharing;  /* tape.h: kvf_grad_share and in-place loss gradients allowed */
     int recomputing;    /* > 0 while a recompute rule re-runs a forward */
     struct kvf_tape main_tape;
     struct kvf_tape *tape; /* where ops record: main_tape, or a recompute's own */
@@ -146,6 +147,7 @@ kvf_ctx *kvf_ctx_init(kvf_device device) {
     ctx->cur = &ctx->main;
     ctx->tape = &ctx->main_tape;
     ctx->grad_enabled = true;
+    ctx->grad_sharing = true;
     return ctx;
 }
 
@@ -179,6 +181,14 @@ bool kvf_ctx_set_grad(kvf_ctx *ctx, bool enabled) {
 }
 
 bool kvf_ctx_grad_enabled(const kvf_ctx *ctx) { return ctx->grad_enabled; }
+
+bool kvf_ctx_set_grad_sharing(kvf_ctx *ctx, bool enabled) {
+    bool old = ctx->grad_sharing;
+    ctx->grad_sharing = enabled;
+    return old;
+}
+
+bool kvf_ctx_grad_sharing(const kvf_ctx *ctx) { return ctx->grad_sharing; }
 
 struct kvf_tape *kvf_ctx_tape(kvf_ctx *ctx) { return ctx->tape; }
 

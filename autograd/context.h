@@ -21,6 +21,14 @@ kvf_device kvf_ctx_device(const kvf_ctx *ctx);
 bool kvf_ctx_set_grad(kvf_ctx *ctx, bool enabled);
 bool kvf_ctx_grad_enabled(const kvf_ctx *ctx);
 
+/* Gradient buffer sharing (on by default; returns the previous setting): a view's rule
+ * hands its gradient to its input instead of adding it into a fresh zeroed buffer, and
+ * kvf_cross_entropy_inplace turns its logits into their gradient (tape.h, ops.h). The
+ * numbers are the same either way; off is the reference the tests compare with, and
+ * keeps every intermediate tensor's ->grad its own after backward. */
+bool kvf_ctx_set_grad_sharing(kvf_ctx *ctx, bool enabled);
+bool kvf_ctx_grad_sharing(const kvf_ctx *ctx);
+
 /* Bytes of arena memory in use / reserved (for memory reports). Both count the main and
  * the scratch region (recompute.h). peak: the most bytes in use at once since the ctx was
  * made or the last peak_reset (resets keep it: it is the high-water mark of the steps). */

@@ -67,6 +67,18 @@ kvf_tensor *kvf_attention(kvf_ctx *ctx, kvf_tensor *q, kvf_tensor *k, kvf_tensor
 kvf_tensor *kvf_cross_entropy(kvf_ctx *ctx, kvf_tensor *logits, kvf_tensor *targets,
                               int64_t ignore_index);
 
+/* The same loss, but backward overwrites the logits with their gradient instead of making
+ * a second [N, V] buffer for it (what a vocabulary-sized head spends most of its memory
+ * on). The caller promises that nothing reads the logits' values — through this tensor or
+ * any other view of its storage — once backward has reached this op: no op recorded
+ * before it saved them for its own backward, and the caller does not look at them after
+ * backward. A model's loss, whose logits nothing else sees, is the use. The numbers are
+ * those of kvf_cross_entropy bit for bit; when another consumer has already given the
+ * logits a gradient, or sharing is off (kvf_ctx_set_grad_sharing), it accumulates as
+ * kvf_cross_entropy does. */
+kvf_tensor *kvf_cross_entropy_inplace(kvf_ctx *ctx, kvf_tensor *logits, kvf_tensor *targets,
+                                      int64_t ignore_index);
+
 /* weight [V, C], ids i32 [...] → [..., C]. */
 kvf_tensor *kvf_embedding(kvf_ctx *ctx, kvf_tensor *weight, kvf_tensor *ids);
 

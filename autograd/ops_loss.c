@@ -86,9 +86,9 @@ static kvf_tensor as_1d(const kvf_tensor *t) {
     return v;
 }
 
-kvf_tensor *kvf_cross_entropy(kvf_ctx *ctx, kvf_tensor *logits, kvf_tensor *targets,
-                              int64_t ignore_index) {
-    const char *op = "cross_entropy";
+static kvf_tensor *cross_entropy(kvf_ctx *ctx, kvf_tensor *logits, kvf_tensor *targets,
+                                 int64_t ignore_index, bool inplace) {
+    const char *op = inplace ? "cross_entropy_inplace" : "cross_entropy";
     kvf_tensor *in[2] = {logits, targets};
     if (!kvf_ops_check_inputs(ctx, op, 2, in)) return NULL;
     if (!kvf_ops_check_float(op, logits, "logits") || !kvf_ops_check_ids(op, targets, "targets"))
@@ -117,18 +117,42 @@ kvf_tensor *kvf_cross_entropy(kvf_ctx *ctx, kvf_tensor *logits, kvf_tensor *targ
     if (nd) {
         nd->saved[0] = lse;
         nd->iparam[0] = ignore_index;
+        nd->iparam[1] = inplace;
     }
     return loss;
 }
 
+kvf_tensor *kvf_cross_entropy(kvf_ctx *ctx, kvf_tensor *logits, kvf_tensor *targets,
+                              int64_t ignore_index) {
+    return cross_entropy(ctx, logits, targets, ignore_index, false);
+}
+
+kvf_tensor *kvf_cross_entropy_inplace(kvf_ctx *ctx, kvf_tensor *logits, kvf_tensor *targets,
+                                      int64_t ignore_index) {
+    return cross_entropy(ctx, logits, targets, ignore_index, true);
+}
+
 kvf_status kvf_cross_entropy_backward(kvf_ctx *ctx, kvf_node *n) {
     kvf_tensor *logits = n->src[0], *targets = n->src[1];
+    int64_t V = logits->shape[logits->ndim - 1], N = kvf_tensor_numel(targets);
+    const kvf_backend *be = kvf_ctx_backend(ctx);
+    /* in place: only while the logits have no gradient yet (a consumer recorded later
+     * would have made one; its part must not be overwritten) — the logits (contiguous,
+     * made so by the op) then become their own gradient buffer */
+    if (n->iparam[1] && kvf_ctx_grad_sharing(ctx) && logits->requires_grad && !logits->grad &&
+        be->cross_entropy_backward_inplace && kvf_tensor_is_contiguous(logits)) {
+        kvf_tensor *g = kvf_tensor_view_header(ctx, logits);
+        if (!g) return kvf_error_code();
+        kvf_tensor lv = as_2d(logits, N, V), tv = as_1d(targets);
+        KVF_TRY(be->cross_entropy_backward_inplace(&lv, n->saved[0], &tv, n->out->grad,
+                                                   n->iparam[0]));
+        logits->grad = g;
+        return KVF_OK;
+    }
     kvf_tensor *g = kvf_grad_get(ctx, logits);
     if (!g) return kvf_error_code();
-    int64_t V = logits->shape[logits->ndim - 1], N = kvf_tensor_numel(targets);
     kvf_tensor gv = as_2d(g, N, V), lv = as_2d(logits, N, V), tv = as_1d(targets);
-    return kvf_ctx_backend(ctx)->cross_entropy_backward(&gv, &lv, n->saved[0], &tv, n->out->grad,
-                                                        n->iparam[0]);
+    return be->cross_entropy_backward(&gv, &lv, n->saved[0], &tv, n->out->grad, n->iparam[0]);
 }
 
 kvf_tensor *kvf_embedding(kvf_ctx *ctx, kvf_tensor *weight, kvf_tensor *ids) {

@@ -24,6 +24,8 @@ kvf_tensor *kvf_cast(kvf_ctx *ctx, kvf_tensor *x, kvf_dtype dtype) {
 }
 
 kvf_status kvf_copy_backward(kvf_ctx *ctx, kvf_node *n) {
+    /* a same-dtype copy (contiguous) passes its gradient through unchanged; a cast does not */
+    if (kvf_grad_share(ctx, n->src[0], n->out->grad)) return KVF_OK;
     kvf_tensor *gx = kvf_grad_get(ctx, n->src[0]);
     if (!gx) return kvf_error_code();
     const kvf_tensor *g = n->out->grad;
@@ -77,6 +79,7 @@ kvf_tensor *kvf_reshape(kvf_ctx *ctx, kvf_tensor *x, int ndim, const int64_t *sh
 
 kvf_status kvf_reshape_backward(kvf_ctx *ctx, kvf_node *n) {
     kvf_tensor *x = n->src[0];
+    if (kvf_grad_share(ctx, x, n->out->grad)) return KVF_OK; /* x is contiguous, like g */
     kvf_tensor *gx = kvf_grad_get(ctx, x);
     if (!gx) return kvf_error_code();
     kvf_tensor g = *n->out->grad; /* contiguous: reinterpret with x's shape */

@@ -72,6 +72,20 @@ kvf_tensor *kvf_grad_get(kvf_ctx *ctx, kvf_tensor *t) {
     return t->grad;
 }
 
+bool kvf_grad_share(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
+    if (!kvf_ctx_grad_sharing(ctx) || !t || !t->requires_grad || t->grad || !g ||
+        g->dtype != t->dtype || kvf_tensor_numel(g) != kvf_tensor_numel(t) ||
+        !kvf_tensor_is_contiguous(g))
+        return false;
+    kvf_tensor *v = kvf_tensor_view_header(ctx, g);
+    if (!v) return false; /* out of header memory: the plain path fails and reports it */
+    v->ndim = t->ndim;
+    memcpy(v->shape, t->shape, sizeof v->shape);
+    kvf_layout_contiguous(v->ndim, v->shape, v->stride);
+    t->grad = v;
+    return true;
+}
+
 kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src) {
     const kvf_backend *be = kvf_ctx_backend(ctx);
     if (kvf_tensor_same_shape(dst, src)) return be->binary(KVF_BINOP_ADD, dst, dst, src);

@@ -71,6 +71,19 @@ kvf_status kvf_backward(kvf_ctx *ctx, kvf_tensor *loss);
  * does not require grad. */
 kvf_tensor *kvf_grad_get(kvf_ctx *ctx, kvf_tensor *t);
 
+/* For rules of ops whose input's gradient is their output's gradient g as it is (reshape,
+ * same-dtype copy): when t has no gradient yet, make t's gradient g itself, read in t's
+ * shape (g contiguous, t's dtype and element count), instead of a zeroed buffer that g is
+ * then added into — the same numbers (0 + g; only a −0 in g stays −0, which no later sum
+ * can turn into a different nonzero value) without a second buffer of g's size.
+ * Safe because a rule runs after every consumer of its output (they were recorded later),
+ * so g is final and only this rule reads it: gradients arriving at t later are added into
+ * g's storage. t's gradient, when it exists, is never replaced (a parameter's, a recompute
+ * input's made in the main region, or one a later consumer already accumulated into).
+ * Returns true when t now shares g; false (nothing done): accumulate as usual. Off with
+ * kvf_ctx_set_grad_sharing(ctx, false). */
+bool kvf_grad_share(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g);
+
 /* For rules: dst += src where src's shape broadcasts to dst's (summing broadcast dims). */
 kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src);
 

@@ -218,6 +218,7 @@ static void table_init(void) {
     t->attention_backward = kvf_cuda_attention_backward;
     t->cross_entropy = kvf_cuda_cross_entropy;
     t->cross_entropy_backward = kvf_cuda_cross_entropy_backward;
+    t->cross_entropy_backward_inplace = kvf_cuda_cross_entropy_backward_inplace;
     t->embedding = kvf_cuda_embedding;
     t->embedding_backward = kvf_cuda_embedding_backward;
     t->swiglu = kvf_cuda_swiglu;

@@ -155,27 +155,36 @@ __global__ void k_ce_count(int64_t *count, const int32_t *targets, int64_t N, in
 
 #define CE_BW_COLS 1024 /* columns per block (256 threads × 4) */
 
-template <class T>
+/* INPLACE: dl == logits, overwritten with 0 + g·p (what the accumulating form stores into
+ * a zeroed buffer) and zeroed in ignored rows; each thread reads its element before it
+ * writes it, so the aliasing is safe. */
+template <class T, bool INPLACE>
 __global__ void k_ce_bw(T *dl, const T *logits, const float *lse, const int32_t *targets,
                         const float *dloss, const int64_t *count, int64_t V, int64_t ignore_index) {
     const int64_t row = blockIdx.x;
     const int64_t t = targets[row];
     const int64_t cnt = *count;
-    if (t == ignore_index || cnt == 0) return;
+    T *dr = dl + row * V;
+    const int64_t j0 = (int64_t)blockIdx.y * CE_BW_COLS;
+    if (t == ignore_index || cnt == 0) {
+        if (INPLACE)
+            for (int64_t j = j0 + threadIdx.x; j < j0 + CE_BW_COLS && j < V; j += blockDim.x)
+                kvf_st(dr + j, 0.0f);
+        return;
+    }
     const float g = (float)((double)*dloss / (double)cnt);
     const float l = lse[row];
     const T *xr = logits + row * V;
-    T *dr = dl + row * V;
-    const int64_t j0 = (int64_t)blockIdx.y * CE_BW_COLS;
     for (int64_t j = j0 + threadIdx.x; j < j0 + CE_BW_COLS && j < V; j += blockDim.x) {
         const float p = expf(kvf_ld(xr + j) - l) - (j == t ? 1.0f : 0.0f);
-        kvf_st(dr + j, kvf_ld(dr + j) + g * p);
+        kvf_st(dr + j, (INPLACE ? 0.0f : kvf_ld(dr + j)) + g * p);
     }
 }
 
-template <class T>
-static kvf_status ce_bw_t(kvf_tensor *dlogits, const kvf_tensor *logits, const kvf_tensor *lse,
-                          const kvf_tensor *targets, const kvf_tensor *dloss, int64_t ignore_index) {
+template <class T, bool INPLACE>
+static kvf_status ce_bw_run(kvf_tensor *dlogits, const kvf_tensor *logits, const kvf_tensor *lse,
+                            const kvf_tensor *targets, const kvf_tensor *dloss,
+                            int64_t ignore_index) {
     const int64_t N = logits->shape[0], V = logits->shape[1];
     if (N == 0 || V == 0) return KVF_OK;
     int64_t *count = (int64_t *)kvf_cuda_scratch(sizeof(int64_t), "cross_entropy_backward");
@@ -187,12 +196,37 @@ static kvf_status ce_bw_t(kvf_tensor *dlogits, const kvf_tensor *logits, const k
     if (ncb > 65535 || N > INT32_MAX)
         return kvf_error_set(KVF_ERR_SHAPE, "cross_entropy_backward: %s is too large for the "
                              "kernel's grid", KVF_CDESC(logits));
-    k_ce_bw<T><<<dim3((unsigned)N, (unsigned)ncb), 256, 0, KVF_STREAM>>>(
+    k_ce_bw<T, INPLACE><<<dim3((unsigned)N, (unsigned)ncb), 256, 0, KVF_STREAM>>>(
         (T *)kvf_tensor_data(dlogits), (const T *)kvf_tensor_data(logits),
         (const float *)kvf_tensor_data(lse), (const int32_t *)kvf_tensor_data(targets),
         (const float *)kvf_tensor_data(dloss), count, V, ignore_index);
     KVF_LAUNCH("ce_bw", "cross_entropy_backward %s", KVF_CDESC(logits));
     return KVF_OK;
+}
+
+template <class T>
+static kvf_status ce_bw_t(kvf_tensor *dlogits, const kvf_tensor *logits, const kvf_tensor *lse,
+                          const kvf_tensor *targets, const kvf_tensor *dloss, int64_t ignore_index) {
+    return ce_bw_run<T, false>(dlogits, logits, lse, targets, dloss, ignore_index);
+}
+
+template <class T>
+static kvf_status ce_bw_inplace_t(kvf_tensor *logits, const kvf_tensor *lse,
+                                  const kvf_tensor *targets, const kvf_tensor *dloss,
+                                  int64_t ignore_index) {
+    return ce_bw_run<T, true>(logits, logits, lse, targets, dloss, ignore_index);
+}
+
+kvf_status kvf_cuda_cross_entropy_backward_inplace(kvf_tensor *logits, const kvf_tensor *lse,
+                                                   const kvf_tensor *targets,
+                                                   const kvf_tensor *dloss, int64_t ignore_index) {
+    if (lse->dtype != KVF_DTYPE_F32 || dloss->dtype != KVF_DTYPE_F32 ||
+        !kvf_tensor_is_contiguous(logits))
+        return kvf_error_set(KVF_ERR_DTYPE, "cross_entropy_backward_inplace: logits %s, lse %s, "
+                             "dloss %s do not fit the CUDA kernel", KVF_CDESC(logits),
+                             KVF_CDESC(lse), KVF_CDESC(dloss));
+    KVF_CUDA_DISPATCH("cross_entropy_backward_inplace", logits->dtype, ce_bw_inplace_t, logits,
+                      lse, targets, dloss, ignore_index);
 }
 
 kvf_status kvf_cuda_cross_entropy_backward(kvf_tensor *dlogits, const kvf_tensor *logits,

@@ -386,7 +386,10 @@ kvf_tensor *kvf_model_loss(kvf_model *m, kvf_ctx *ctx, kvf_tensor *ids, kvf_tens
     int64_t N = logits->shape[0] * logits->shape[1];
     kvf_tensor *flat = kvf_reshape(ctx, logits, 2, (int64_t[]){N, logits->shape[2]});
     kvf_tensor *t = kvf_reshape(ctx, targets, 1, (int64_t[]){N});
-    return kvf_cross_entropy(ctx, flat, t, -100);
+    /* nothing but the loss sees these logits: backward turns them into their gradient,
+     * which the reshape then hands on to the head's matmul (tape.h: kvf_grad_share), so
+     * the head holds one [B·T, vocab] buffer instead of three */
+    return kvf_cross_entropy_inplace(ctx, flat, t, -100);
 }
 
 kvf_status kvf_recompute_parse(const char *name, kvf_recompute_mode *mode) {

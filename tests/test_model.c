@@ -234,9 +234,10 @@ static kvf_status count_hook(int layer, const kvf_tensor *h, void *ud) {
 }
 
 /* Loss and every parameter gradient of one forward + backward, and the arena's peak. */
-static void rc_step(kvf_model *m, kvf_recompute_mode mode, const int32_t *idv, const int32_t *tgv,
-                    int64_t B, int64_t T, struct rc_run *o) {
+static void rc_step_ex(kvf_model *m, kvf_recompute_mode mode, bool share, const int32_t *idv,
+                       const int32_t *tgv, int64_t B, int64_t T, struct rc_run *o) {
     kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    kvf_ctx_set_grad_sharing(ctx, share);
     m->recompute = mode;
     o->hook_calls = 0;
     m->hook = count_hook;
@@ -256,6 +257,11 @@ static void rc_step(kvf_model *m, kvf_recompute_mode mode, const int32_t *idv, c
     m->hook = NULL;
     m->recompute = KVF_RECOMPUTE_NONE;
     kvf_ctx_free(ctx);
+}
+
+static void rc_step(kvf_model *m, kvf_recompute_mode mode, const int32_t *idv, const int32_t *tgv,
+                    int64_t B, int64_t T, struct rc_run *o) {
+    rc_step_ex(m, mode, true, idv, tgv, B, T, o);
 }
 
 /* Recomputing blocks runs the same ops on the same values in the same order, so the loss
@@ -308,6 +314,50 @@ static void check_recompute(const char *variant, kvf_model_config *c, kvf_dtype 
     kvf_model_free(m);
 }
 
+/* Gradient sharing (views hand their gradient on, the loss turns the logits into their
+ * gradient: tape.h, ops.h) only saves buffers: with and without it, plain and recomputed,
+ * the loss and every gradient must be the same bits, and the arena peak lower. */
+static void check_sharing(const char *variant, kvf_model_config *c, kvf_dtype dtype) {
+    c->param_dtype = dtype;
+    kvf_model *m = kvf_model_init(c, KVF_DEVICE_CPU);
+    ck_assert_msg(m != NULL, "%s: %s", variant, kvf_error_message());
+    ck_assert_int_eq(kvf_model_init_weights(m, 9), KVF_OK);
+    kvf_rng r;
+    kvf_rng_init(&r, 23);
+    enum { B = 2, T = 16 };
+    int32_t idv[B * T], tgv[B * T];
+    for (int i = 0; i < B * T; i++) {
+        idv[i] = (int32_t)kvf_rng_below(&r, (uint64_t)c->vocab_size);
+        tgv[i] = (int32_t)kvf_rng_below(&r, (uint64_t)c->vocab_size);
+    }
+    tgv[3] = tgv[20] = -100;
+    for (int k = 0; k < 2; k++) {
+        kvf_recompute_mode mode = k ? KVF_RECOMPUTE_BLOCKS : KVF_RECOMPUTE_NONE;
+        struct rc_run off, on;
+        rc_step_ex(m, mode, false, idv, tgv, B, T, &off);
+        rc_step_ex(m, mode, true, idv, tgv, B, T, &on);
+        ck_assert_msg(memcmp(&off.loss, &on.loss, sizeof on.loss) == 0, "%s: loss %.17g vs %.17g",
+                      variant, off.loss, on.loss);
+        ck_assert_uint_eq(off.nbytes, on.nbytes);
+        if (memcmp(off.grads, on.grads, on.nbytes) != 0) {
+            for (int i = 0; i < kvf_params_count(m->params); i++) {
+                kvf_tensor *t = kvf_params_at(m->params, i);
+                size_t o = (size_t)((char *)kvf_tensor_data(t->grad) - (char *)kvf_tensor_data(kvf_params_grads(m->params)));
+                if (memcmp((char *)off.grads + o, (char *)on.grads + o, kvf_tensor_nbytes(t)) != 0)
+                    fprintf(stderr, "%s: gradient of %s differs with sharing\n", variant, t->name);
+            }
+            ck_abort_msg("%s %s: gradients differ with gradient sharing", variant, k ? "blocks" : "none");
+        }
+        fprintf(stderr, "sharing %-18s %s %-6s: bit-exact, arena peak %zu -> %zu bytes\n", variant,
+                kvf_dtype_name(dtype), k ? "blocks" : "none", off.peak, on.peak);
+        ck_assert_msg(on.peak < off.peak, "%s: arena peak %zu with sharing, %zu without", variant,
+                      on.peak, off.peak);
+        free(off.grads);
+        free(on.grads);
+    }
+    kvf_model_free(m);
+}
+
 static const char *rc_variants[] = {
     "mha", "gqa2", "mqa", "sqa_q2kv1", "cla2_mha", "cla3_gqa2", "swa3_mha", "mla_r8", "mla_r8_d4",
     "mla_partial_r10_d2", "cla2_mla_r8", "cla2_mla_partial_r10_d2",
@@ -339,6 +389,34 @@ START_TEST(recompute_gpt2_style_and_qlora) {
     tiny(&c, "mla_r8_d4");
     c.q_lora_rank = 6;
     check_recompute("mla q-lora", &c, KVF_DTYPE_F32);
+}
+END_TEST
+
+START_TEST(sharing_matches_plain_bitwise) {
+    kvf_model_config c;
+    tiny(&c, rc_variants[_i]);
+    c.n_layers = 5;
+    check_sharing(rc_variants[_i], &c, KVF_DTYPE_F32);
+    tiny(&c, rc_variants[_i]);
+    c.n_layers = 5;
+    check_sharing(rc_variants[_i], &c, KVF_DTYPE_F64);
+}
+END_TEST
+
+START_TEST(sharing_gpt2_style_and_qlora) {
+    kvf_model_config c;
+    tiny(&c, "cla2_mha");
+    c.n_layers = 4;
+    c.norm = KVF_NORM_LAYER;
+    c.norm_bias = true;
+    c.mlp = KVF_MLP_GELU;
+    c.mlp_bias = c.o_bias = c.qkv_bias = true;
+    c.tie_embeddings = true; /* the head's weight is the embedding: two gradient sources */
+    c.pos = KVF_POS_LEARNED;
+    check_sharing("gpt2-style cla2", &c, KVF_DTYPE_F32);
+    tiny(&c, "mla_r8_d4");
+    c.q_lora_rank = 6;
+    check_sharing("mla q-lora", &c, KVF_DTYPE_F32);
 }
 END_TEST
 
@@ -420,6 +498,8 @@ int main(void) {
     tcase_add_test(tc, mla_qlora_gradients);
     tcase_add_loop_test(tc, recompute_matches_plain_bitwise, 0, N_RC_VARIANTS);
     tcase_add_test(tc, recompute_gpt2_style_and_qlora);
+    tcase_add_loop_test(tc, sharing_matches_plain_bitwise, 0, N_RC_VARIANTS);
+    tcase_add_test(tc, sharing_gpt2_style_and_qlora);
     tcase_add_test(tc, recompute_engine_contract);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

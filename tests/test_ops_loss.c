@@ -46,12 +46,14 @@ static kvf_tensor *ids_of(kvf_ctx *ctx, int nd, const int64_t *shape, const int3
 struct ce_case {
     const int *perm; /* permute the logits input first, or NULL */
     int64_t ignore_index;
+    bool inplace; /* kvf_cross_entropy_inplace */
 };
 
 static kvf_tensor *f_ce(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     struct ce_case *c = ud;
     kvf_tensor *logits = c->perm ? kvf_permute(ctx, in[0], c->perm) : in[0];
-    return kvf_cross_entropy(ctx, logits, in[1], c->ignore_index);
+    return c->inplace ? kvf_cross_entropy_inplace(ctx, logits, in[1], c->ignore_index)
+                      : kvf_cross_entropy(ctx, logits, in[1], c->ignore_index);
 }
 
 /* logits of shape ls (before the permutation), targets of shape ts over V classes; rows
@@ -68,7 +70,8 @@ static bool check_ce(const char *name, struct ce_case *c, int lnd, const int64_t
 }
 
 START_TEST(cross_entropy_grad) {
-    struct ce_case c = {.ignore_index = IGNORE};
+    for (int ip = 0; ip < 2; ip++) {
+    struct ce_case c = {.ignore_index = IGNORE, .inplace = ip};
     ck_assert(check_ce("ce 2-D", &c, 2, (int64_t[]){5, 7}, 1, (int64_t[]){5}, 7, NULL, 0));
     ck_assert(check_ce("ce 2-D ignored rows", &c, 2, (int64_t[]){6, 11}, 1, (int64_t[]){6}, 11,
                        (int[]){1, 4}, 2));
@@ -87,6 +90,64 @@ START_TEST(cross_entropy_grad) {
     c.ignore_index = IGNORE;
     ck_assert(check_ce("ce strided", &c, 3, (int64_t[]){5, 2, 3}, 2, (int64_t[]){2, 3}, 5,
                        (int[]){4}, 1));
+    }
+}
+END_TEST
+
+/* One backward of loss = CE(logits)·1 [+ Σ logits·w, recorded before or after the CE]
+ * in dtype dt; the logits' gradient (N·V values) to out. inplace: kvf_cross_entropy_inplace
+ * with gradient sharing on; else kvf_cross_entropy with sharing off (the plain path). */
+enum ce_other { CE_ALONE, CE_OTHER_BEFORE, CE_OTHER_AFTER };
+static void ce_grads(kvf_dtype dt, bool inplace, enum ce_other other, int64_t N, int64_t V,
+                     const double *x, const double *w, const int32_t *tg, double *out) {
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    kvf_ctx_set_grad_sharing(ctx, inplace);
+    kvf_tensor *lg = tensor_of(ctx, dt, 2, (int64_t[]){N, V}, x);
+    lg->requires_grad = true;
+    kvf_tensor *wt = tensor_of(ctx, dt, 2, (int64_t[]){N, V}, w);
+    kvf_tensor *t = ids_of(ctx, 1, &N, tg);
+    kvf_tensor *extra = other == CE_OTHER_BEFORE ? kvf_sum(ctx, kvf_mul(ctx, lg, wt), -1, false) : NULL;
+    kvf_tensor *loss = inplace ? kvf_cross_entropy_inplace(ctx, lg, t, IGNORE)
+                               : kvf_cross_entropy(ctx, lg, t, IGNORE);
+    if (other == CE_OTHER_AFTER) extra = kvf_sum(ctx, kvf_mul(ctx, lg, wt), -1, false);
+    ck_assert_ptr_nonnull(loss);
+    if (extra) {
+        extra = kvf_sum(ctx, extra, 0, false);
+        loss = kvf_add(ctx, kvf_cast(ctx, loss, dt), kvf_reshape(ctx, extra, 1, (int64_t[]){1}));
+    }
+    ck_assert_msg(loss && kvf_backward(ctx, loss) == KVF_OK, "%s", kvf_error_message());
+    ck_assert_ptr_nonnull(lg->grad);
+    for (int64_t i = 0; i < N * V; i++) out[i] = kvf_tensor_get_flat(lg->grad, i);
+    kvf_ctx_free(ctx);
+}
+
+/* The in-place backward writes exactly what the accumulating one adds into a zeroed
+ * buffer (ignored rows 0, all-ignored all 0), and a second consumer of the logits still
+ * gets its part, whether it ran before the CE's rule (then the CE accumulates) or after
+ * (then it adds into the logits-turned-gradient). */
+START_TEST(cross_entropy_inplace_bitwise) {
+    enum { N = 6, V = 37 };
+    double x[N * V], w[N * V], a[N * V], b[N * V];
+    for (int i = 0; i < N * V; i++) {
+        x[i] = 2.0 * kvf_rng_normal(&rng);
+        w[i] = kvf_rng_normal(&rng);
+    }
+    int32_t tg[N] = {3, IGNORE, 36, 0, 17, 5}, none[N];
+    for (int i = 0; i < N; i++) none[i] = IGNORE;
+    kvf_dtype dts[2] = {KVF_DTYPE_F32, KVF_DTYPE_F64};
+    for (int d = 0; d < 2; d++)
+        for (int o = CE_ALONE; o <= CE_OTHER_AFTER; o++)
+            for (int k = 0; k < 2; k++) {
+                const int32_t *t = k ? none : tg;
+                ce_grads(dts[d], false, (enum ce_other)o, N, V, x, w, t, a);
+                ce_grads(dts[d], true, (enum ce_other)o, N, V, x, w, t, b);
+                ck_assert_msg(memcmp(a, b, sizeof a) == 0, "%s other %d targets %d: in-place "
+                              "gradient differs", kvf_dtype_name(dts[d]), o, k);
+                if (o == CE_ALONE && k == 0)
+                    for (int j = 0; j < V; j++) ck_assert(b[V + j] == 0.0); /* ignored row */
+                if (o != CE_ALONE) /* the second consumer's part is there: not just the CE's */
+                    ck_assert(b[V] == (d ? w[V] : (double)(float)w[V]));
+            }
 }
 END_TEST
 
@@ -377,6 +438,7 @@ int main(void) {
     Suite *s = suite_create("ops_loss");
     TCase *tc = tcase_create("loss");
     tcase_add_test(tc, cross_entropy_grad);
+    tcase_add_test(tc, cross_entropy_inplace_bitwise);
     tcase_add_test(tc, cross_entropy_forward);
     tcase_add_test(tc, cross_entropy_bad_inputs);
     tcase_add_test(tc, embedding_grad);

@@ -1,6 +1,8 @@
 /* Gradient checks for matmul, broadcasting arithmetic, unary functions, sums, SwiGLU and
  * the view ops, on odd shapes. */
 #include <check.h>
+#include <math.h>
+#include <string.h>
 #include <stdlib.h>
 
 #include "gradcheck.h"
@@ -173,6 +175,60 @@ START_TEST(views_grad) {
 }
 END_TEST
 
+/* Σ (view of x)·w over several consumers of x: reshapes (one of them chained, one whose
+ * output feeds two ops), a same-dtype contiguous copy of a permutation, and x itself,
+ * recorded between the views so gradients reach x both before and after a view's rule
+ * has handed its gradient over. Returns x's gradient (24 values) in out. */
+static void views_share_grads(kvf_dtype dt, bool share, const double *w, double *out) {
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    kvf_ctx_set_grad_sharing(ctx, share);
+    kvf_tensor *x = kvf_tensor_new(ctx, dt, 2, (int64_t[]){6, 4});
+    kvf_tensor *wt[6];
+    for (int k = 0; k < 6; k++) {
+        wt[k] = kvf_tensor_new(ctx, dt, 1, (int64_t[]){24});
+        for (int i = 0; i < 24; i++) kvf_tensor_set_flat(wt[k], i, w[24 * (k + 1) + i]);
+    }
+    for (int i = 0; i < 24; i++) kvf_tensor_set_flat(x, i, w[i]);
+    x->requires_grad = true;
+#define TERM(t, k) kvf_sum(ctx, kvf_mul(ctx, kvf_reshape(ctx, (t), 1, (int64_t[]){24}), wt[k]), 0, true)
+    kvf_tensor *y = kvf_reshape(ctx, x, 2, (int64_t[]){2, 12});
+    kvf_tensor *s[6];
+    s[0] = TERM(y, 0);
+    s[1] = TERM(x, 1);
+    s[2] = TERM(kvf_reshape(ctx, kvf_reshape(ctx, y, 2, (int64_t[]){3, 8}), 3, (int64_t[]){2, 2, 6}), 2);
+    s[3] = TERM(kvf_contiguous(ctx, kvf_permute(ctx, x, (int[]){1, 0})), 3);
+    s[4] = TERM(kvf_exp(ctx, x), 4);
+    s[5] = TERM(kvf_reshape(ctx, x, 3, (int64_t[]){4, 3, 2}), 5);
+#undef TERM
+    kvf_tensor *loss = s[0];
+    for (int k = 1; k < 6; k++) loss = kvf_add(ctx, loss, s[k]);
+    ck_assert_msg(loss && kvf_backward(ctx, loss) == KVF_OK, "%s", kvf_error_message());
+    for (int i = 0; i < 24; i++) out[i] = kvf_tensor_get_flat(x->grad, i);
+    kvf_ctx_free(ctx);
+}
+
+/* Views hand their gradient to their input (tape.h: kvf_grad_share) instead of adding it
+ * into a zeroed buffer: the same bits as without sharing, every consumer still counted. */
+START_TEST(views_share_gradient_bitwise) {
+    double w[7 * 24], off[24], on[24];
+    for (int i = 0; i < 7 * 24; i++) w[i] = kvf_rng_normal(&rng);
+    kvf_dtype dts[2] = {KVF_DTYPE_F32, KVF_DTYPE_F64};
+    for (int d = 0; d < 2; d++) {
+        views_share_grads(dts[d], false, w, off);
+        views_share_grads(dts[d], true, w, on);
+        ck_assert_msg(memcmp(off, on, sizeof on) == 0, "%s: shared view gradients differ",
+                      kvf_dtype_name(dts[d]));
+        for (int i = 0; i < 24; i++) { /* x is [6, 4]: the permuted copy reads x[r][c] at c·6 + r */
+            int r = i / 4, c = i % 4;
+            double want = w[24 + i] + w[48 + i] + w[72 + i] + w[96 + c * 6 + r] +
+                          exp(w[i]) * w[120 + i] + w[144 + i];
+            ck_assert_msg(fabs(on[i] - want) <= 1e-5 * (1 + fabs(want)), "%s: x grad %d = %g, "
+                          "want %g", kvf_dtype_name(dts[d]), i, on[i], want);
+        }
+    }
+}
+END_TEST
+
 static kvf_tensor *f_cast(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     /* f64 → f32 → back: gradients cross dtypes */
     kvf_dtype other = in[0]->dtype == KVF_DTYPE_F64 ? KVF_DTYPE_F32 : KVF_DTYPE_F64;
@@ -200,6 +256,7 @@ int main(void) {
     tcase_add_test(tc, reduce_grad);
     tcase_add_test(tc, swiglu_grad);
     tcase_add_test(tc, views_grad);
+    tcase_add_test(tc, views_share_gradient_bitwise);
     tcase_add_test(tc, cast_grad);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

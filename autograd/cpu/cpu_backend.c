@@ -122,6 +122,7 @@ static const kvf_backend cpu_backend = {
     .attention_backward = kvf_cpu_attention_backward,
     .cross_entropy = kvf_cpu_cross_entropy,
     .cross_entropy_backward = kvf_cpu_cross_entropy_backward,
+    .cross_entropy_backward_inplace = kvf_cpu_cross_entropy_backward_inplace,
     .embedding = kvf_cpu_embedding,
     .embedding_backward = kvf_cpu_embedding_backward,
     .swiglu = cpu_swiglu,

@@ -80,6 +80,9 @@ kvf_status kvf_cpu_cross_entropy(kvf_tensor *loss, kvf_tensor *lse, const kvf_te
 kvf_status kvf_cpu_cross_entropy_backward(kvf_tensor *dlogits, const kvf_tensor *logits,
                                           const kvf_tensor *lse, const kvf_tensor *targets,
                                           const kvf_tensor *dloss, int64_t ignore_index);
+kvf_status kvf_cpu_cross_entropy_backward_inplace(kvf_tensor *logits, const kvf_tensor *lse,
+                                                  const kvf_tensor *targets,
+                                                  const kvf_tensor *dloss, int64_t ignore_index);
 kvf_status kvf_cpu_embedding(kvf_tensor *out, const kvf_tensor *weight, const kvf_tensor *ids);
 kvf_status kvf_cpu_embedding_backward(kvf_tensor *dweight, const kvf_tensor *ids,
                                       const kvf_tensor *dout);

@@ -34,6 +34,14 @@ kvf_status kvf_cpu_cross_entropy_backward(kvf_tensor *dlogits, const kvf_tensor 
                      dlogits, logits, lse, targets, dloss, ignore_index);
 }
 
+kvf_status kvf_cpu_cross_entropy_backward_inplace(kvf_tensor *logits, const kvf_tensor *lse,
+                                                  const kvf_tensor *targets,
+                                                  const kvf_tensor *dloss, int64_t ignore_index) {
+    KVF_CPU_DISPATCH("cross_entropy_backward_inplace", logits->dtype,
+                     kvf_cpu_cross_entropy_backward_inplace, logits, lse, targets, dloss,
+                     ignore_index);
+}
+
 kvf_status kvf_cpu_embedding(kvf_tensor *out, const kvf_tensor *weight, const kvf_tensor *ids) {
     KVF_CPU_DISPATCH("embedding", weight->dtype, kvf_cpu_embedding, out, weight, ids);
 }
