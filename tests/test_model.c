@@ -375,7 +375,9 @@ START_TEST(recompute_matches_plain_bitwise) {
 }
 END_TEST
 
-START_TEST(recompute_gpt2_style_and_qlora) {
+/* The configurations the variant list misses: a GPT-2-style CLA model (LayerNorm, GELU, every
+ * bias, tied embeddings, learned positions) and MLA with low-rank queries. */
+static void check_extra_configs(void (*check)(const char *, kvf_model_config *, kvf_dtype)) {
     kvf_model_config c;
     tiny(&c, "cla2_mha");
     c.n_layers = 4;
@@ -383,13 +385,15 @@ START_TEST(recompute_gpt2_style_and_qlora) {
     c.norm_bias = true;
     c.mlp = KVF_MLP_GELU;
     c.mlp_bias = c.o_bias = c.qkv_bias = true;
-    c.tie_embeddings = true;
+    c.tie_embeddings = true; /* the head's weight is the embedding: two gradient sources */
     c.pos = KVF_POS_LEARNED;
-    check_recompute("gpt2-style cla2", &c, KVF_DTYPE_F32);
+    check("gpt2-style cla2", &c, KVF_DTYPE_F32);
     tiny(&c, "mla_r8_d4");
     c.q_lora_rank = 6;
-    check_recompute("mla q-lora", &c, KVF_DTYPE_F32);
+    check("mla q-lora", &c, KVF_DTYPE_F32);
 }
+
+START_TEST(recompute_gpt2_style_and_qlora) { check_extra_configs(check_recompute); }
 END_TEST
 
 START_TEST(sharing_matches_plain_bitwise) {
@@ -403,21 +407,7 @@ START_TEST(sharing_matches_plain_bitwise) {
 }
 END_TEST
 
-START_TEST(sharing_gpt2_style_and_qlora) {
-    kvf_model_config c;
-    tiny(&c, "cla2_mha");
-    c.n_layers = 4;
-    c.norm = KVF_NORM_LAYER;
-    c.norm_bias = true;
-    c.mlp = KVF_MLP_GELU;
-    c.mlp_bias = c.o_bias = c.qkv_bias = true;
-    c.tie_embeddings = true; /* the head's weight is the embedding: two gradient sources */
-    c.pos = KVF_POS_LEARNED;
-    check_sharing("gpt2-style cla2", &c, KVF_DTYPE_F32);
-    tiny(&c, "mla_r8_d4");
-    c.q_lora_rank = 6;
-    check_sharing("mla q-lora", &c, KVF_DTYPE_F32);
-}
+START_TEST(sharing_gpt2_style_and_qlora) { check_extra_configs(check_sharing); }
 END_TEST
 
 /* The engine's contract (recompute.h): a tensor that needs a gradient must come in as an
