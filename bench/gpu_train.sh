@@ -8,11 +8,12 @@
 #      kvf_train on cuda (label gpu; KVF_GPU_TESTS=... picks groups)
 #   3. kvf_bench_train at the PyTorch peer's shapes (B 16, T 1024) for the six variants,
 #      then T 8192 B 2 for each (no OOM), bf16 compute with f32 masters
+#   3b. (part rc) the same B 16 T 1024 run with --recompute blocks: memory vs speed
 #   4. KJV convergence: bench/kjv_converge.yaml trained on the CPU (f32) and on cuda (bf16),
 #      both val losses, and `kvforge eval` of the cuda checkpoint on both devices
 #   5. the PyTorch peer: B=16 STEPS=$STEPS python3 -u $PEER (torch.compile, fused AdamW)
 # then a table: kvforge vs torch tokens/s (ratio) and peak memory per variant.
-# Logs and JSON go to $OUT (default /tmp/kvf_gpu_train). PARTS=test,bench,long,kjv,torch
+# Logs and JSON go to $OUT (default /tmp/kvf_gpu_train). PARTS=test,bench,rc,long,kjv,torch
 # picks steps. Exit status 0 when every step that ran passed.
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -23,7 +24,7 @@ BUILD=${BUILD:-build-gpu}
 PEER=${PEER:-.dev/peer/torch_baseline.py}
 KJV=${KJV:-.dev/kjv.txt}
 STEPS=${STEPS:-20}
-PARTS=${PARTS:-test,bench,long,kjv,torch}
+PARTS=${PARTS:-test,bench,rc,long,kjv,torch}
 VARIANTS=${VARIANTS:-mha,gqa4,mqa,cla2_mha,sqa_q6kv6,mla_r256}
 mkdir -p "$OUT"
 RUNS=$(mktemp -d /tmp/kvf_gpu_runs.XXXXXX)
@@ -84,6 +85,12 @@ if want bench; then
     timeout 300 "$B/kvf_bench_train" --variants "$VARIANTS" --batch 16 --seq 1024 --steps "$STEPS" \
         --warmup 3 --profile >"$OUT/bench_b16.jsonl" 2>"$OUT/bench.log" || FAILED=1
     cat "$OUT/bench.log"
+fi
+if want rc; then
+    say "kvf_bench_train B 16 T 1024, --recompute blocks"
+    timeout 300 "$B/kvf_bench_train" --variants "$VARIANTS" --batch 16 --seq 1024 --steps "$STEPS" \
+        --warmup 3 --recompute blocks >"$OUT/bench_b16_rc.jsonl" 2>"$OUT/bench_rc.log" || FAILED=1
+    cat "$OUT/bench_rc.log"
 fi
 if want long; then
     say "kvf_bench_train B 2 T 8192"
