@@ -136,7 +136,7 @@ void *kvf_cuda_scratch(size_t nbytes, const char *what) {
         cudaMemGetInfo(&fr, &tot);
         kvf_error_set(KVF_ERR_OOM,
                       "%s: cannot allocate %zu bytes of GPU scratch memory (%zu MiB free of "
-                      "%zu MiB): lower batch_size or seq_len",
+                      "%zu MiB): lower batch_size or seq_len, or set run.recompute: blocks",
                       what, want, fr >> 20, tot >> 20);
         return NULL;
     }
@@ -156,7 +156,8 @@ static void *cuda_alloc(size_t n) {
         cudaMemGetInfo(&fr, &tot);
         kvf_error_set(e == cudaErrorMemoryAllocation ? KVF_ERR_OOM : KVF_ERR_BACKEND,
                       "cuda: cudaMalloc of %zu bytes (%.1f MiB) failed: %s; the GPU has %.1f MiB "
-                      "free of %.1f MiB: lower batch_size or seq_len (or the model size)",
+                      "free of %.1f MiB: lower batch_size or seq_len, set run.recompute: blocks, or use a "
+                      "smaller model",
                       n, (double)n / 1048576.0, cudaGetErrorString(e), (double)fr / 1048576.0,
                       (double)tot / 1048576.0);
         return NULL;
