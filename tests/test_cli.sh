@@ -93,6 +93,19 @@ for d in cv-mqa cv-cla cv-calib; do
   check "generate-$d" 0 "$K" generate --model "$T/$d" --prompt "the king" --max-new 5 --seed 1
   has "generate-$d-prompt" "the king"
 done
+# uptraining: a run starts from a converted folder (its architecture, weights, tokenizer)
+cat > "$T/up.yaml" <<YAML
+run: {name: up, out_dir: $T/runs}
+model: {init_from: $T/cv-cla}
+data: {train: $T/corpus.txt, seq_len: 16, batch_size: 4}
+optim: {lr: 1e-3, warmup_steps: 1}
+train: {steps: 5, log_every: 5, eval_tokens: 400}
+YAML
+check uptrain 0 "$K" train "$T/up.yaml";         has uptrain-done "done: 5 steps"
+check uptrain-info 0 "$K" info --model "$T/runs/up/checkpoint" --json
+has uptrain-kv '"kv_bytes_per_token": 32'
+check uptrain-conflict 1 "$K" train "$T/up.yaml" --set run.name=up2 --set model.d_model=64
+has uptrain-conflict-msg "model.d_model cannot be combined with model.init_from"
 # usage errors: exit 2, a message naming the option, no output
 check convert-no-to 2 "$K" convert --model "$M" --out "$T/cv-x"; has convert-no-to-msg "kvforge: error: .*--to"
 check convert-bad-to 2 "$K" convert --model "$M" --out "$T/cv-x" --to moe; has convert-bad-to-msg "kvforge: error: --to must be"
