@@ -42,40 +42,14 @@ int kvf_cmd_eval(int argc, char **argv) {
         return kvf_cli_fail(KVF_EXIT_USAGE, "eval: --model DIR and --data PATH are required");
     kvf_device dev;
     if (!kvf_cli_parse_device(device, &dev)) return KVF_EXIT_USAGE;
-    kvf_tokenizer *tok = kvf_tokenizer_open(model);
-    if (!tok) return kvf_cli_fail_lib("eval");
     kvf_dtype cdt;
-    if (!kvf_cli_parse_compute_dtype(dtype, dev, &cdt)) {
-        kvf_tokenizer_free(tok);
-        return KVF_EXIT_USAGE;
-    }
-    kvf_model *m = kvf_checkpoint_load(model, dev);
-    if (m && kvf_model_set_compute_dtype(m, cdt) != KVF_OK) {
-        kvf_model_free(m);
-        m = NULL;
-    }
-    if (!m) {
-        kvf_tokenizer_free(tok);
-        return kvf_cli_fail_lib("eval");
-    }
-    kvf_token_stream ts = {0};
-    kvf_corpus_opts co = {.tok = tok, .max_tokens = max_tokens};
-    int rc = KVF_EXIT_OK;
-    kvf_ctx *ctx = kvf_ctx_init(dev);
+    if (!kvf_cli_parse_compute_dtype(dtype, dev, &cdt)) return KVF_EXIT_USAGE;
     kvf_eval_result r;
-    if (!W) W = m->cfg.max_seq_len < 1024 ? m->cfg.max_seq_len : 1024;
-    if (!ctx || kvf_corpus_read(data, &co, &ts) != KVF_OK ||
-        kvf_eval_stream(m, ctx, ts.data, ts.count, W, max_tokens, batch, &r) != KVF_OK) {
-        rc = kvf_cli_fail_lib("eval");
-    } else if (json) {
+    if (kvf_eval_dir(model, data, W, max_tokens, batch, dev, cdt, &r) != KVF_OK) return kvf_cli_fail_lib("eval");
+    if (json)
         printf("{\"loss\": %.9g, \"ppl\": %.9g, \"tokens\": %lld}\n", r.loss, r.ppl, (long long)r.tokens);
-    } else {
-        printf("loss %.6f  ppl %.4f  tokens %lld  (windows of %lld)\n", r.loss, r.ppl,
-               (long long)r.tokens, (long long)W);
-    }
-    kvf_ctx_free(ctx);
-    kvf_ids_free(&ts);
-    kvf_model_free(m);
-    kvf_tokenizer_free(tok);
-    return rc;
+    else
+        printf("loss %.6f  ppl %.4f  tokens %lld  (windows of %lld)\n", r.loss, r.ppl, (long long)r.tokens,
+               (long long)r.window);
+    return KVF_EXIT_OK;
 }

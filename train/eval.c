@@ -5,6 +5,9 @@
 
 #include "autograd/ops.h"
 #include "data/batch.h"
+#include "data/corpus.h"
+#include "data/tokenizer_load.h"
+#include "model/checkpoint.h"
 
 kvf_status kvf_eval_stream(kvf_model *m, kvf_ctx *ctx, const int32_t *tokens, int64_t n,
                            int64_t seq_len, int64_t max_tokens, int64_t batch_size,
@@ -51,8 +54,31 @@ kvf_status kvf_eval_stream(kvf_model *m, kvf_ctx *ctx, const int32_t *tokens, in
     free(tg);
     if (st != KVF_OK) return st;
     out->tokens = windows * seq_len;
+    out->window = seq_len;
     out->loss = sum / (double)out->tokens;
     out->ppl = exp(out->loss);
     KVF_CHECK(isfinite(out->loss), KVF_ERR_NUMERIC, "eval: the loss is not finite (%g)", out->loss);
     return KVF_OK;
+}
+
+kvf_status kvf_eval_dir(const char *model_dir, const char *data, int64_t seq_len, int64_t max_tokens,
+                        int64_t batch_size, kvf_device device, kvf_dtype cdt, kvf_eval_result *out) {
+    kvf_tokenizer *tok = kvf_tokenizer_open(model_dir);
+    if (!tok) return kvf_error_code();
+    kvf_model *m = kvf_checkpoint_load(model_dir, device);
+    kvf_status st = m ? kvf_model_set_compute_dtype(m, cdt) : kvf_error_code();
+    kvf_token_stream ts = {0};
+    kvf_corpus_opts co = {.tok = tok, .max_tokens = max_tokens};
+    kvf_ctx *ctx = NULL;
+    if (st == KVF_OK && !(ctx = kvf_ctx_init(device))) st = kvf_error_code();
+    if (st == KVF_OK) st = kvf_corpus_read(data, &co, &ts);
+    if (st == KVF_OK) {
+        int64_t W = seq_len ? seq_len : (m->cfg.max_seq_len < 1024 ? m->cfg.max_seq_len : 1024);
+        st = kvf_eval_stream(m, ctx, ts.data, ts.count, W, max_tokens, batch_size, out);
+    }
+    kvf_ctx_free(ctx);
+    kvf_ids_free(&ts);
+    kvf_model_free(m);
+    kvf_tokenizer_free(tok);
+    return st;
 }
