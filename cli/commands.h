@@ -5,6 +5,7 @@
 int kvf_cmd_train(int argc, char **argv);
 int kvf_cmd_eval(int argc, char **argv);
 int kvf_cmd_convert(int argc, char **argv);
+int kvf_cmd_uptrain(int argc, char **argv);
 int kvf_cmd_info(int argc, char **argv);
 int kvf_cmd_generate(int argc, char **argv);
 int kvf_cmd_plot(int argc, char **argv);

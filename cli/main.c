@@ -46,7 +46,14 @@ static const struct kvf_command commands[] = {
      "  by tensor, so models larger than memory convert. Details: docs/conversions.md.\n",
      kvf_cmd_convert},
     {"uptrain", "convert, train (optionally distilling from the source) and evaluate, from a recipe",
-     "usage: kvforge uptrain RECIPE.yaml\n", NULL},
+     "usage: kvforge uptrain RECIPE.yaml [--set key=value]...\n"
+     "  RECIPE: a run config without a model section (docs/config.md), plus\n"
+     "    convert: {source: DIR, to: gqa|mqa|mla|cla, ...}   kvforge convert's options, '-' as '_'\n"
+     "    eval:    {data: PATH, seq_len: W, max_tokens: N}   optional: the val loss report\n"
+     "  Converts source into RUN_DIR/converted, trains it (model.init_from) in RUN_DIR, and\n"
+     "  prints KV bytes per token and val loss of the source, the converted and the uptrained\n"
+     "  model. Distillation from the source is not built yet. Details: docs/conversions.md.\n",
+     kvf_cmd_uptrain},
     {"info", "architecture, parameters, FLOPs per token and KV-cache bytes per token",
      "usage: kvforge info --model DIR [--json]\n", kvf_cmd_info},
     {"tokenize", "text on stdin to token ids, or ids to text with --decode",

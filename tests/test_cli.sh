@@ -106,6 +106,25 @@ check uptrain-info 0 "$K" info --model "$T/runs/up/checkpoint" --json
 has uptrain-kv '"kv_bytes_per_token": 32'
 check uptrain-conflict 1 "$K" train "$T/up.yaml" --set run.name=up2 --set model.d_model=64
 has uptrain-conflict-msg "model.d_model cannot be combined with model.init_from"
+# kvforge uptrain: convert + train + report in one recipe
+cat > "$T/rec.yaml" <<YAML
+run: {name: rec, out_dir: $T/runs}
+convert: {source: $M, to: mqa, method: calib, calib: $T/corpus.txt, calib_tokens: 256, calib_seq_len: 32}
+eval: {data: $T/corpus.txt, seq_len: 16, max_tokens: 400}
+data: {train: $T/corpus.txt, seq_len: 16, batch_size: 4}
+optim: {lr: 1e-3, warmup_steps: 1}
+train: {steps: 5, log_every: 5, eval_tokens: 400}
+YAML
+check uptrain-recipe 0 "$K" uptrain "$T/rec.yaml"
+has uptrain-report-src "^source  *128 [0-9.]* (ppl"
+has uptrain-report-conv "^converted  *64 [0-9.]* (ppl"
+has uptrain-report-up "^uptrained  *64 [0-9.]* (ppl"
+check uptrain-again 1 "$K" uptrain "$T/rec.yaml"; has uptrain-again-msg "already holds a converted model"
+sed 's/to: mqa/to: mqa, kv_head: 2/' "$T/rec.yaml" > "$T/rec-bad.yaml"
+check uptrain-unknown 1 "$K" uptrain "$T/rec-bad.yaml"; has uptrain-unknown-msg "rec-bad.yaml:2: unknown key 'convert.kv_head'"
+printf 'model: {d_model: 64}\n' >> "$T/rec-bad.yaml"; sed -i 's/, kv_head: 2//; s/name: rec,/name: rec3,/' "$T/rec-bad.yaml"
+check uptrain-model 1 "$K" uptrain "$T/rec-bad.yaml"; has uptrain-model-msg "model.d_model: an uptrain recipe takes its model from convert.source"
+check uptrain-usage 2 "$K" uptrain
 # usage errors: exit 2, a message naming the option, no output
 check convert-no-to 2 "$K" convert --model "$M" --out "$T/cv-x"; has convert-no-to-msg "kvforge: error: .*--to"
 check convert-bad-to 2 "$K" convert --model "$M" --out "$T/cv-x" --to moe; has convert-bad-to-msg "kvforge: error: --to must be"

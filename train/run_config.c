@@ -267,7 +267,18 @@ static kvf_status set_value(kvf_run_config *c, const struct field *f, const char
     return KVF_OK;
 }
 
+static bool in_list(const char *const *list, const char *s) {
+    for (; list && *list; list++)
+        if (!strcmp(*list, s)) return true;
+    return false;
+}
+
 kvf_status kvf_run_config_load(kvf_run_config *c, const char *path, const char *text) {
+    return kvf_run_config_load_skip(c, path, text, NULL);
+}
+
+kvf_status kvf_run_config_load_skip(kvf_run_config *c, const char *path, const char *text,
+                                    const char *const *skip) {
     kvf_yaml_node *root = kvf_yaml_load(path, text);
     if (!root) return kvf_error_code();
     kvf_status st = KVF_OK;
@@ -276,6 +287,7 @@ kvf_status kvf_run_config_load(kvf_run_config *c, const char *path, const char *
         const char *sec = root->keys[i];
         const kvf_yaml_node *m = root->items[i];
         snprintf(where, sizeof where, "%s:%d", path, root->key_lines[i]);
+        if (in_list(skip, sec)) continue;
         if (!known_section(sec)) {
             st = kvf_error_set(KVF_ERR_ARG, "%s: unknown section '%s' (sections: run, model, data, optim, train)",
                                where, sec);

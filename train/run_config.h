@@ -51,6 +51,10 @@ typedef struct kvf_run_config kvf_run_config;
 void kvf_run_config_defaults(kvf_run_config *c);
 /* Load path (text != NULL: parse text instead, path names it in messages). */
 kvf_status kvf_run_config_load(kvf_run_config *c, const char *path, const char *text);
+/* The same, leaving the top-level sections named in skip (NULL-terminated) to the caller
+ * (kvforge uptrain's convert and eval sections). */
+kvf_status kvf_run_config_load_skip(kvf_run_config *c, const char *path, const char *text,
+                                    const char *const *skip);
 /* Apply one "section.key=value" override. */
 kvf_status kvf_run_config_set(kvf_run_config *c, const char *assignment);
 /* Cross-field checks and the model config derived from model.* + attention + lists. */

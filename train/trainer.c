@@ -257,9 +257,12 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
     int64_t n_train = 0, n_val = 0;
     kvf_batcher_train(r->batcher, &n_train);
     kvf_batcher_val(r->batcher, &n_val);
-    fprintf(r->log, "kvforge train: %s | %s attention | %lld params | KV cache %lld B/token | "
+    char what[KVF_PATH_MAX + 64];
+    if (cfg->init_from[0]) snprintf(what, sizeof what, "from %s", cfg->init_from);
+    else snprintf(what, sizeof what, "%s attention", cfg->attention);
+    fprintf(r->log, "kvforge train: %s | %s | %lld params | KV cache %lld B/token | "
             "%lld train + %lld val tokens | %lld steps of %lld tokens%s%s%s%s\n",
-            r->dir, cfg->attention, (long long)kvf_model_n_params(m),
+            r->dir, what, (long long)kvf_model_n_params(m),
             (long long)kvf_model_kv_bytes_per_token(m), (long long)n_train, (long long)n_val,
             (long long)cfg->steps, (long long)tokens_per_step, dev == KVF_DEVICE_CPU ? "" : " | ",
             dev == KVF_DEVICE_CPU ? "" : kvf_device_name(dev),
