@@ -21,6 +21,7 @@
 #include "autograd/context.h"
 #include "autograd/rng.h"
 #include "convert/convert.h"
+#include "convert_testutil.h"
 #include "convert/convert_impl.h"
 #include "data/fsutil.h"
 #include "data/tokenizer_load.h"
@@ -29,7 +30,7 @@
 #include "model/safetensors.h"
 #include "train/eval.h"
 
-#define T_SEQ 12
+#define T_SEQ KVF_TEST_T_SEQ
 
 /* ============================================================================================
  * helpers: models, parameters, logits
@@ -113,54 +114,6 @@ static void others_unchanged(const kvf_model *src, const kvf_model *dst, const c
     }
 }
 
-/* Logits of m on fixed random ids [2, T_SEQ], as doubles. */
-static double *logits_of(kvf_model *m) {
-    int32_t ids[2 * T_SEQ];
-    kvf_rng r;
-    kvf_rng_init(&r, 77);
-    for (int i = 0; i < 2 * T_SEQ; i++) ids[i] = (int32_t)kvf_rng_below(&r, (uint64_t)m->cfg.vocab_size);
-    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
-    kvf_ctx_set_grad(ctx, false);
-    kvf_tensor *t = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){2, T_SEQ}, ids);
-    kvf_tensor *lg = kvf_model_forward(m, ctx, t);
-    ck_assert_msg(lg != NULL, "%s", kvf_error_message());
-    int64_t n = kvf_tensor_numel(lg);
-    double *out = malloc(sizeof(double) * (size_t)n);
-    for (int64_t i = 0; i < n; i++) out[i] = kvf_tensor_get_flat(lg, i);
-    kvf_ctx_free(ctx);
-    return out;
-}
-
-static double max_diff(kvf_model *a, kvf_model *b) {
-    double *x = logits_of(a), *y = logits_of(b), m = 0;
-    for (int64_t i = 0; i < 2 * T_SEQ * a->cfg.vocab_size; i++) {
-        double d = fabs(x[i] - y[i]);
-        if (!(d <= m)) m = d; /* NaN propagates */
-    }
-    free(x);
-    free(y);
-    return m;
-}
-
-static double logit_scale(kvf_model *a) {
-    double *x = logits_of(a), s = 0;
-    for (int64_t i = 0; i < 2 * T_SEQ * a->cfg.vocab_size; i++) s = fmax(s, fabs(x[i]));
-    free(x);
-    return s;
-}
-
-static void calibrate(kvf_model *m, kvf_calib *cal, const int *partner, uint64_t seed) {
-    int64_t n = 8 * 24 + 1;
-    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
-    kvf_rng r;
-    kvf_rng_init(&r, seed);
-    for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)kvf_rng_below(&r, (uint64_t)m->cfg.vocab_size);
-    kvf_status s = partner ? kvf_calib_collect_cross(m, tok, n, 24, 0, partner, cal, NULL)
-                           : kvf_calib_collect(m, tok, n, 24, 0, cal, NULL);
-    ck_assert_msg(s == KVF_OK, "%s", kvf_error_message());
-    free(tok);
-}
-
 static kvf_convert_opts gqa_opts(int kv, const char *method) {
     kvf_convert_opts o;
     kvf_convert_opts_defaults(&o);
@@ -204,13 +157,8 @@ static void cla_partners(const kvf_model_config *c, const kvf_convert_opts *o, i
 
 /* ---- files ---------------------------------------------------------------------------------- */
 
-static const char *shared(void) {
-    const char *s = getenv("KVF_SHARED");
-    return s ? s : "../shared";
-}
-
 static bool fixture_dir(const char *name, char *dir, size_t n) {
-    snprintf(dir, n, "%s/fixtures/%s", shared(), name);
+    snprintf(dir, n, "%s/fixtures/%s", kvf_test_shared(), name);
     char cfg[1200];
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
     if (access(cfg, R_OK) == 0) return true;
@@ -281,46 +229,11 @@ static kvf_status run_driver(const char *src, const char *dst, const kvf_convert
     return s;
 }
 
-/* kjv.txt bytes [from, from + bytes) (from < 0: from the val split, at 95%), malloc'd, count
- * in *got; NULL without kjv.txt. */
-static char *kjv_read(long from, size_t bytes, size_t *got) {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/data/kjv.txt", shared());
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "skipping: %s not found\n", path);
-        return NULL;
-    }
-    if (from < 0) {
-        fseek(f, 0, SEEK_END);
-        from = (long)(ftell(f) * 0.95);
-    }
-    char *buf = malloc(bytes);
-    fseek(f, from, SEEK_SET);
-    *got = fread(buf, 1, bytes, f);
-    fclose(f);
-    return buf;
-}
-
-/* Those bytes through the tokenizer of dir (empty without kjv.txt). */
-static kvf_ids kjv_tokens(const char *dir, long from, size_t bytes) {
-    kvf_ids ids = {0};
-    size_t got;
-    char *buf = kjv_read(from, bytes, &got);
-    if (!buf) return ids;
-    kvf_tokenizer *tok = kvf_tokenizer_open(dir);
-    ck_assert_msg(tok != NULL, "%s", kvf_error_message());
-    ck_assert(kvf_tokenizer_encode(tok, buf, got, &ids) == KVF_OK);
-    kvf_tokenizer_free(tok);
-    free(buf);
-    return ids;
-}
-
 /* Those bytes into the file DIR/NAME (its path in path); false without kjv.txt. Small files
  * keep the driver's tokenizing and evaluating fast. */
 static bool kjv_slice(const char *dir, const char *name, long from, size_t bytes, char *path, size_t n) {
     size_t got;
-    char *buf = kjv_read(from, bytes, &got);
+    char *buf = kvf_test_kjv_read(from, bytes, &got);
     if (!buf) return false;
     snprintf(path, n, "%s/%s", dir, name);
     FILE *o = fopen(path, "wb");
@@ -408,7 +321,7 @@ START_TEST(gqa_mean_and_first_match_naive) {
             ck_assert_int_eq(kvf_model_kv_bytes_per_token(&dst->cfg) * gc->nsrc,
                              kvf_model_kv_bytes_per_token(&src->cfg) * gc->ndst);
             /* pooling different heads is lossy: the check above is not vacuous */
-            ck_assert_msg(max_diff(src, dst) > 1e-4, "case %d %s: logits did not change", k, method);
+            ck_assert_msg(kvf_test_max_logit_diff(src, dst, NULL, 0, 0) > 1e-4, "case %d %s: logits did not change", k, method);
             kvf_model_free(dst);
         }
         kvf_model_free(src);
@@ -503,7 +416,7 @@ START_TEST(gqa_same_count_is_identity) {
             c.param_dtype = KVF_DTYPE_F32;
             kvf_model *src = build(&c, 300 + nkv);
             kvf_calib cal;
-            calibrate(src, &cal, NULL, 1);
+            kvf_test_calibrate(src, &cal, NULL, 1);
             static const char *const methods[] = {"mean", "first", "calib"};
             for (int mi = 0; mi < 3; mi++) {
                 kvf_model *dst = gqa(src, nkv, methods[mi], &cal);
@@ -512,7 +425,7 @@ START_TEST(gqa_same_count_is_identity) {
                     ck_assert_msg(same_bytes(s, param(dst, s->name)), "%s to %d KV heads changed %s", methods[mi],
                                   nkv, s->name);
                 }
-                ck_assert(max_diff(src, dst) == 0);
+                ck_assert(kvf_test_max_logit_diff(src, dst, NULL, 0, 0) == 0);
                 kvf_model_free(dst);
             }
             kvf_calib_free(&cal);
@@ -627,7 +540,7 @@ START_TEST(gqa_related_heads_exact) {
         kvf_model *src = build(&c, 400 + k);
         /* control: before the heads are related, every method is lossy */
         kvf_model *lossy = gqa(src, e->ndst, "mean", NULL);
-        double control = max_diff(src, lossy);
+        double control = kvf_test_max_logit_diff(src, lossy, NULL, 0, 0);
         kvf_model_free(lossy);
         ck_assert_msg(control > 1e-4, "case %zu: mean pooling of distinct heads left logits unchanged", k);
         for (int how = 0; how < 2; how++) {
@@ -635,12 +548,12 @@ START_TEST(gqa_related_heads_exact) {
             ck_assert(m != NULL);
             relate_groups(m, e->ndst, how, 40 + k);
             kvf_calib cal;
-            calibrate(m, &cal, NULL, 2);
-            double tol = 1e-9 * fmax(1, logit_scale(m));
+            kvf_test_calibrate(m, &cal, NULL, 2);
+            double tol = 1e-9 * fmax(1, kvf_test_logit_scale(m));
             static const char *const methods[] = {"mean", "first", "calib"};
             for (int mi = 0; mi < 3; mi++) {
                 kvf_model *dst = gqa(m, e->ndst, methods[mi], mi == 2 ? &cal : NULL);
-                double md = max_diff(m, dst);
+                double md = kvf_test_max_logit_diff(m, dst, NULL, 0, 0);
                 if (how == RELATE_COPY || mi == 2)
                     ck_assert_msg(md < tol, "case %zu (%d→%d KV heads, heads %s): %s changed the logits by %g", k,
                                   e->nsrc, e->ndst, how ? "mapped" : "copied", methods[mi], md);
@@ -680,7 +593,7 @@ START_TEST(gqa_fixture_gqa_source) {
             free(D);
         }
     others_unchanged(src, dst, "tiny-llama-gqa → mqa");
-    double md = max_diff(src, dst);
+    double md = kvf_test_max_logit_diff(src, dst, NULL, 0, 0);
     ck_assert_msg(md > 1e-3, "pooling the fixture's two distinct heads should change its logits (%g)", md);
     /* the same through the driver, saved and reloaded */
     char tmp[64], out[128];
@@ -693,7 +606,7 @@ START_TEST(gqa_fixture_gqa_source) {
     free(log);
     kvf_model *back = kvf_checkpoint_load(out, KVF_DEVICE_CPU);
     ck_assert_msg(back != NULL, "%s", kvf_error_message());
-    ck_assert(max_diff(dst, back) == 0);
+    ck_assert(kvf_test_max_logit_diff(dst, back, NULL, 0, 0) == 0);
     char arch[64];
     kvf_model_config rc;
     ck_assert(kvf_hf_config_read(out, &rc, arch, sizeof arch) == KVF_OK);
@@ -713,7 +626,7 @@ START_TEST(gqa_calib_beats_mean_fixture) {
     if (!fixture_dir("tiny-llama-mha", dir, sizeof dir)) return;
     kvf_model *src = kvf_checkpoint_load(dir, KVF_DEVICE_CPU);
     ck_assert_msg(src != NULL, "%s", kvf_error_message());
-    kvf_ids cal_ids = kjv_tokens(dir, 0, 12000), val = kjv_tokens(dir, -1, 12000);
+    kvf_ids cal_ids = kvf_test_kjv_tokens(dir, 0, 12000), val = kvf_test_kjv_tokens(dir, -1, 12000);
     if (cal_ids.count < 16 * 128 + 1 || val.count < 2048) {
         fprintf(stderr, "skipping: kjv.txt not found\n");
         kvf_ids_free(&cal_ids);
@@ -798,7 +711,7 @@ START_TEST(cla_producer_keeps_weights) {
         }
         ck_assert_int_eq(kvf_params_count(dst->params), kvf_params_count(src->params) - 2 * (bias ? 4 : 2));
         ck_assert_int_eq(2 * kvf_model_kv_bytes_per_token(&dst->cfg), kvf_model_kv_bytes_per_token(&src->cfg));
-        ck_assert_msg(max_diff(src, dst) > 1e-4, "sharing distinct layers' K/V should change the logits");
+        ck_assert_msg(kvf_test_max_logit_diff(src, dst, NULL, 0, 0) > 1e-4, "sharing distinct layers' K/V should change the logits");
         kvf_model_free(dst);
         kvf_model_free(src);
     }
@@ -953,7 +866,7 @@ START_TEST(cla_shared_inputs_exact) {
         kvf_model *ctrl = shared_input_model(variant, -1, cla_src, 700 + v);
         kvf_convert_opts o = cla_opts(share, NULL, "producer");
         kvf_model *lossy = cla(ctrl, &o, NULL);
-        double control = max_diff(ctrl, lossy);
+        double control = kvf_test_max_logit_diff(ctrl, lossy, NULL, 0, 0);
         ck_assert_msg(control > 1e-4, "control: sharing distinct K/V left logits unchanged (%g)", control);
         kvf_model_free(lossy);
         kvf_model_free(ctrl);
@@ -964,13 +877,13 @@ START_TEST(cla_shared_inputs_exact) {
             if (cla_src) ck_assert(partner[0] == -1 && partner[1] == -1 && partner[2] == 0 && partner[3] == -1);
             else ck_assert(partner[0] == -1 && partner[1] == 0 && partner[2] == -1 && partner[3] == 2);
             kvf_calib cal;
-            calibrate(src, &cal, partner, 3);
-            double sc = fmax(1, logit_scale(src));
+            kvf_test_calibrate(src, &cal, partner, 3);
+            double sc = fmax(1, kvf_test_logit_scale(src));
             static const char *const methods[] = {"producer", "mean", "calib"};
             for (int mi = 0; mi < 3; mi++) {
                 o = cla_opts(share, NULL, methods[mi]);
                 kvf_model *dst = cla(src, &o, mi == 2 ? &cal : NULL);
-                double md = max_diff(src, dst);
+                double md = kvf_test_max_logit_diff(src, dst, NULL, 0, 0);
                 if (how == RELATE_COPY || mi == 2) /* calib's solves carry a 1e-9 relative ridge */
                     ck_assert_msg(md < (mi == 2 ? 1e-6 : 1e-10) * sc, "variant %d, K/V %s: cla %s: max logit diff %g",
                                   v, how ? "mapped" : "copied", methods[mi], md);
@@ -989,7 +902,7 @@ START_TEST(cla_shared_inputs_exact) {
                 o = cla_opts(share, NULL, "calib");
                 kvf_model *dst = kvf_cv_cla_tuned(src, &o, &cal, &t, NULL);
                 ck_assert_msg(dst != NULL, "%s", kvf_error_message());
-                double md = max_diff(src, dst);
+                double md = kvf_test_max_logit_diff(src, dst, NULL, 0, 0);
                 ck_assert_msg(md < 1e-6 * sc, "variant %d: cla calib (least squares, weighted %d): %g", v, w, md);
                 kvf_model_free(dst);
             }
@@ -1044,8 +957,8 @@ START_TEST(cla_chained_with_gqa) {
     kvf_model *g = gqa(src, 1, "mean", NULL);
     kvf_convert_opts co = cla_opts(2, NULL, "mean");
     kvf_model *gc = cla(g, &co, NULL);
-    double md = max_diff(src, gc);
-    ck_assert_msg(md < 1e-10 * fmax(1, logit_scale(src)), "exact GQA→CLA chain: %g", md);
+    double md = kvf_test_max_logit_diff(src, gc, NULL, 0, 0);
+    ck_assert_msg(md < 1e-10 * fmax(1, kvf_test_logit_scale(src)), "exact GQA→CLA chain: %g", md);
     kvf_model_free(g);
     kvf_model_free(gc);
     kvf_model_free(src);
@@ -1150,7 +1063,7 @@ START_TEST(convert_save_load) {
             ck_assert_msg(back != NULL, "%s", kvf_error_message());
             char why[200];
             ck_assert_msg(kvf_hf_config_equal(&back->cfg, &ms[i]->cfg, why, sizeof why), "%s", why);
-            ck_assert_msg(max_diff(ms[i], back) == 0, "%s: reload changed the logits", want[i]);
+            ck_assert_msg(kvf_test_max_logit_diff(ms[i], back, NULL, 0, 0) == 0, "%s: reload changed the logits", want[i]);
             check_kv_params(back);
             kvf_model_free(back);
         }

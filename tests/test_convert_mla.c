@@ -12,13 +12,14 @@
 #include "autograd/context.h"
 #include "autograd/rng.h"
 #include "convert/convert.h"
+#include "convert_testutil.h"
 #include "convert/mla_internal.h"
 #include "data/tokenizer_load.h"
 #include "model/checkpoint.h"
 #include "model/hf_config.h"
 #include "train/eval.h"
 
-#define T_SEQ 12
+#define T_SEQ KVF_TEST_T_SEQ
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
@@ -42,72 +43,6 @@ static kvf_model *random_model(int n_kv, kvf_dtype dt, uint64_t seed) {
     return m;
 }
 
-static void calibrate(kvf_model *m, kvf_calib *cal, uint64_t seed) {
-    int64_t n = 8 * 24 + 1;
-    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n);
-    kvf_rng r;
-    kvf_rng_init(&r, seed);
-    for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)kvf_rng_below(&r, (uint64_t)m->cfg.vocab_size);
-    ck_assert_msg(kvf_calib_collect(m, tok, n, 24, 0, cal, NULL) == KVF_OK, "%s", kvf_error_message());
-    free(tok);
-}
-
-/* Logits of m on fixed random ids [2, T_SEQ] (or the given ids), as doubles. */
-static double *logits_of(kvf_model *m, const int32_t *ids_in, int64_t B, int64_t T) {
-    int32_t ids[2 * T_SEQ];
-    if (!ids_in) {
-        kvf_rng r;
-        kvf_rng_init(&r, 77);
-        for (int i = 0; i < 2 * T_SEQ; i++) ids[i] = (int32_t)kvf_rng_below(&r, (uint64_t)m->cfg.vocab_size);
-        ids_in = ids;
-        B = 2;
-        T = T_SEQ;
-    }
-    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
-    kvf_ctx_set_grad(ctx, false);
-    kvf_tensor *t = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){B, T}, ids_in);
-    kvf_tensor *lg = kvf_model_forward(m, ctx, t);
-    ck_assert_msg(lg != NULL, "%s", kvf_error_message());
-    int64_t n = kvf_tensor_numel(lg);
-    double *out = malloc(sizeof(double) * (size_t)n);
-    if (lg->dtype == KVF_DTYPE_F64) {
-        ck_assert(kvf_tensor_to_host(lg, out, sizeof(double) * (size_t)n) == KVF_OK);
-    } else {
-        float *f = malloc(sizeof(float) * (size_t)n);
-        ck_assert(kvf_tensor_to_host(lg, f, sizeof(float) * (size_t)n) == KVF_OK);
-        for (int64_t i = 0; i < n; i++) out[i] = f[i];
-        free(f);
-    }
-    kvf_ctx_free(ctx);
-    return out;
-}
-
-static int64_t n_logits(const kvf_model *m, int64_t B, int64_t T) {
-    return B * T * m->cfg.vocab_size;
-}
-
-static double max_diff(kvf_model *a, kvf_model *b, const int32_t *ids, int64_t B, int64_t T) {
-    if (!ids) {
-        B = 2;
-        T = T_SEQ;
-    }
-    double *x = logits_of(a, ids, B, T), *y = logits_of(b, ids, B, T), m = 0;
-    for (int64_t i = 0; i < n_logits(a, B, T); i++) {
-        double d = fabs(x[i] - y[i]);
-        if (!(d <= m)) m = d; /* NaN propagates */
-    }
-    free(x);
-    free(y);
-    return m;
-}
-
-static double logit_scale(kvf_model *a) {
-    double *x = logits_of(a, NULL, 0, 0), s = 0;
-    for (int64_t i = 0; i < n_logits(a, 2, T_SEQ); i++) s = fmax(s, fabs(x[i]));
-    free(x);
-    return s;
-}
-
 static kvf_convert_opts mla_opts(const char *style, int R, int D) {
     kvf_convert_opts o;
     memset(&o, 0, sizeof o);
@@ -120,38 +55,14 @@ static kvf_convert_opts mla_opts(const char *style, int R, int D) {
     return o;
 }
 
-static const char *shared(void) {
-    const char *s = getenv("KVF_SHARED");
-    return s ? s : "../shared";
-}
-
 static kvf_model *fixture(const char *name, kvf_dtype dt, char *dir, size_t n) {
-    snprintf(dir, n, "%s/fixtures/%s", shared(), name);
+    snprintf(dir, n, "%s/fixtures/%s", kvf_test_shared(), name);
     char cfg[1200];
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
     if (access(cfg, R_OK) != 0) return NULL;
     kvf_model *m = kvf_checkpoint_load_as(dir, KVF_DEVICE_CPU, dt);
     ck_assert_msg(m != NULL, "%s: %s", dir, kvf_error_message());
     return m;
-}
-
-/* The first n_tokens of kjv.txt's train part through the fixture's tokenizer. */
-static kvf_ids kjv_tokens(const char *dir, size_t bytes_from, size_t bytes) {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/data/kjv.txt", shared());
-    FILE *f = fopen(path, "rb");
-    kvf_ids ids = {0};
-    if (!f) return ids;
-    char *buf = malloc(bytes);
-    fseek(f, (long)bytes_from, SEEK_SET);
-    size_t got = fread(buf, 1, bytes, f);
-    fclose(f);
-    kvf_tokenizer *tok = kvf_tokenizer_open(dir);
-    ck_assert_msg(tok != NULL, "%s", kvf_error_message());
-    ck_assert(kvf_tokenizer_encode(tok, buf, got, &ids) == KVF_OK);
-    kvf_tokenizer_free(tok);
-    free(buf);
-    return ids;
 }
 
 /* ---- partial-RoPE (MHA2MLA) ------------------------------------------------------------------ */
@@ -163,14 +74,14 @@ START_TEST(partial_all_full_rank_exact) {
         for (int s = 0; s < 4; s++) {
             kvf_model *src = random_model(kvs[k], KVF_DTYPE_F64, 10 + k);
             kvf_calib cal;
-            calibrate(src, &cal, 3);
+            kvf_test_calibrate(src, &cal, NULL, 3);
             kvf_convert_opts o = mla_opts("partial-rope", kvs[k] * 8, -1);
             strcpy(o.rope_select, sel[s]);
             kvf_model *dst = kvf_convert_mla_partial(src, &o, &cal, NULL);
             ck_assert_msg(dst != NULL, "%s", kvf_error_message());
             ck_assert_int_eq(dst->cfg.attn, KVF_ATTN_MLA_PARTIAL_ROPE);
             ck_assert_int_eq(dst->cfg.partial_rope_dim, 8);
-            double md = max_diff(src, dst, NULL, 0, 0);
+            double md = kvf_test_max_logit_diff(src, dst, NULL, 0, 0);
             ck_assert_msg(md < 1e-10, "partial all, %d KV heads, %s: max logit diff %g", kvs[k], sel[s], md);
             kvf_model_free(dst);
             kvf_calib_free(&cal);
@@ -189,7 +100,7 @@ START_TEST(partial_identity_latent_exact) {
     strcpy(o.rope_select, "high");
     kvf_model *dst = kvf_convert_mla_partial_tuned(src, &o, NULL, &t, NULL);
     ck_assert_msg(dst != NULL, "%s", kvf_error_message());
-    double md = max_diff(src, dst, NULL, 0, 0);
+    double md = kvf_test_max_logit_diff(src, dst, NULL, 0, 0);
     ck_assert_msg(md < 1e-10, "identity latent: %g", md);
     kvf_model_free(dst);
     kvf_model_free(src);
@@ -205,7 +116,7 @@ START_TEST(partial_svd_full_rank_equals_identity) {
         for (int di = 0; di < 4; di++) {
             kvf_model *src = random_model(kvs[k], KVF_DTYPE_F64, 21 + k);
             kvf_calib cal;
-            calibrate(src, &cal, 4);
+            kvf_test_calibrate(src, &cal, NULL, 4);
             int D = Ds[di], W = kvs[k] * (8 - D) + kvs[k] * 8;
             kvf_convert_opts o = mla_opts("partial-rope", W, D);
             kvf_mla_tuning t;
@@ -214,13 +125,13 @@ START_TEST(partial_svd_full_rank_equals_identity) {
             t.factor = KVF_MLA_FACTOR_IDENTITY;
             kvf_model *b = kvf_convert_mla_partial_tuned(src, &o, &cal, &t, NULL);
             ck_assert_msg(a && b, "%s", kvf_error_message());
-            double md = max_diff(a, b, NULL, 0, 0), lossy = max_diff(src, a, NULL, 0, 0);
+            double md = kvf_test_max_logit_diff(a, b, NULL, 0, 0), lossy = kvf_test_max_logit_diff(src, a, NULL, 0, 0);
             ck_assert_msg(md < 1e-10, "SVD vs identity, %d KV, D=%d: %g", kvs[k], D, md);
             ck_assert_msg(lossy > 1e-6, "dropping RoPE frequencies should change the logits (D=%d)", D);
             /* a lower rank is lossy */
             o.kv_rank = (W < 32 ? W : 32) / 2; /* below the rank of M (at most d_model) */
             kvf_model *c = kvf_convert_mla_partial(src, &o, &cal, NULL);
-            ck_assert(c && max_diff(a, c, NULL, 0, 0) > 1e-6);
+            ck_assert(c && kvf_test_max_logit_diff(a, c, NULL, 0, 0) > 1e-6);
             kvf_model_free(a);
             kvf_model_free(b);
             kvf_model_free(c);
@@ -233,7 +144,7 @@ END_TEST
 START_TEST(partial_frequency_selection) {
     kvf_model *src = random_model(2, KVF_DTYPE_F64, 8);
     kvf_calib cal;
-    calibrate(src, &cal, 5);
+    kvf_test_calibrate(src, &cal, NULL, 5);
     float f[4];
     for (int i = 0; i < 4; i++) f[i] = (float)kvf_tensor_get_flat(src->rope_inv_freq, i);
     struct {
@@ -261,7 +172,7 @@ START_TEST(partial_frequency_selection) {
     ck_assert(kvf_cv_tensor_write(src->layers[0].k_w, wk) == KVF_OK);
     free(wk);
     kvf_calib_free(&cal);
-    calibrate(src, &cal, 5);
+    kvf_test_calibrate(src, &cal, NULL, 5);
     kvf_convert_opts o = mla_opts("partial-rope", 8, 2);
     kvf_model *dst = kvf_convert_mla_partial(src, &o, &cal, NULL);
     ck_assert_msg(dst != NULL, "%s", kvf_error_message());
@@ -283,7 +194,7 @@ START_TEST(rorope_f1_exact) {
         for (int qa = 0; qa < 2; qa++) {
             kvf_model *src = random_model(kvs[k], KVF_DTYPE_F64, 30 + k);
             kvf_calib cal;
-            calibrate(src, &cal, 6);
+            kvf_test_calibrate(src, &cal, NULL, 6);
             struct kvf_rorope rr;
             ck_assert_msg(kvf_mla_rorope(src, &cal, 1, 1, qa, &rr) == KVF_OK, "%s", kvf_error_message());
             int Dm = 32, d = 8, h = 4, g = kvs[k], half = 4;
@@ -349,7 +260,7 @@ START_TEST(deepseek_mqa_full_pipeline_exact) {
         for (int variant = 0; variant < 4; variant++) {
             kvf_model *src = random_model(1, KVF_DTYPE_F64, 40 + variant);
             kvf_calib cal;
-            calibrate(src, &cal, 7);
+            kvf_test_calibrate(src, &cal, NULL, 7);
             kvf_mla_tuning t;
             kvf_mla_tuning_defaults(&t, true);
             t.norm = modes[mi];
@@ -363,16 +274,16 @@ START_TEST(deepseek_mqa_full_pipeline_exact) {
             ck_assert_int_eq(dst->cfg.qk_nope_head_dim, 8);
             ck_assert_int_eq(dst->cfg.rope_layout, KVF_ROPE_INTERLEAVED);
             ck_assert(dst->cfg.mla_kv_norm == (modes[mi] != KVF_MLA_NORM_OFF));
-            double md = max_diff(src, dst, NULL, 0, 0), tol = modes[mi] == KVF_MLA_NORM_OFF ? 1e-10 : 1e-5;
-            ck_assert_msg(md < tol * fmax(1, logit_scale(src)), "norm mode %d variant %d: max logit diff %g", modes[mi],
+            double md = kvf_test_max_logit_diff(src, dst, NULL, 0, 0), tol = modes[mi] == KVF_MLA_NORM_OFF ? 1e-10 : 1e-5;
+            ck_assert_msg(md < tol * fmax(1, kvf_test_logit_scale(src)), "norm mode %d variant %d: max logit diff %g", modes[mi],
                           variant, md);
             /* low-rank queries at full rank: exact too (q_a_layernorm in the linear regime) */
             o.q_rank = 32;
             kvf_model *q = kvf_convert_mla_deepseek_tuned(src, &o, &cal, &t, NULL);
             ck_assert_msg(q != NULL, "%s", kvf_error_message());
             ck_assert_int_eq(q->cfg.q_lora_rank, 32);
-            md = max_diff(src, q, NULL, 0, 0);
-            ck_assert_msg(md < 1e-5 * fmax(1, logit_scale(src)), "q-rank full: %g", md);
+            md = kvf_test_max_logit_diff(src, q, NULL, 0, 0);
+            ck_assert_msg(md < 1e-5 * fmax(1, kvf_test_logit_scale(src)), "q-rank full: %g", md);
             kvf_model_free(q);
             kvf_model_free(dst);
             kvf_calib_free(&cal);
@@ -391,7 +302,7 @@ START_TEST(deepseek_exact_steps_agree) {
         for (int di = 0; di < 3; di++) {
             kvf_model *src = random_model(kvs[k], KVF_DTYPE_F64, 50 + k);
             kvf_calib cal;
-            calibrate(src, &cal, 8);
+            kvf_test_calibrate(src, &cal, NULL, 8);
             int D = Ds[di][0], W = 2 * kvs[k] * 8 - D;
             kvf_convert_opts o = mla_opts("deepseek", W, D);
             o.freqfold = Ds[di][1];
@@ -407,17 +318,17 @@ START_TEST(deepseek_exact_steps_agree) {
                 m[v] = kvf_convert_mla_deepseek_tuned(src, &o, &cal, &t, NULL);
                 ck_assert_msg(m[v] != NULL, "%s", kvf_error_message());
             }
-            double sc = fmax(1, logit_scale(src));
+            double sc = fmax(1, kvf_test_logit_scale(src));
             for (int v = 1; v < 5; v++) {
-                double md = max_diff(m[0], m[v], NULL, 0, 0);
+                double md = kvf_test_max_logit_diff(m[0], m[v], NULL, 0, 0);
                 ck_assert_msg(md < (v == 4 ? 1e-5 : 1e-10) * sc, "%d KV, D=%d: variant %d vs identity latent: %g",
                               kvs[k], D, v, md);
             }
             /* the RoPE drop itself is visible, and a lower rank is lossy */
-            ck_assert(max_diff(src, m[0], NULL, 0, 0) > 1e-6);
+            ck_assert(kvf_test_max_logit_diff(src, m[0], NULL, 0, 0) > 1e-6);
             o.kv_rank = W / 3;
             kvf_model *low = kvf_convert_mla_deepseek(src, &o, &cal, NULL);
-            ck_assert(low && max_diff(m[0], low, NULL, 0, 0) > 1e-6);
+            ck_assert(low && kvf_test_max_logit_diff(m[0], low, NULL, 0, 0) > 1e-6);
             kvf_model_free(low);
             for (int v = 0; v < 5; v++) kvf_model_free(m[v]);
             kvf_calib_free(&cal);
@@ -431,7 +342,7 @@ END_TEST
 START_TEST(deepseek_export_roundtrip) {
     kvf_model *src = random_model(2, KVF_DTYPE_F32, 60);
     kvf_calib cal;
-    calibrate(src, &cal, 9);
+    kvf_test_calibrate(src, &cal, NULL, 9);
     kvf_convert_opts o = mla_opts("deepseek", 12, 4);
     o.freqfold = 2;
     kvf_model *dst = kvf_convert_mla_deepseek(src, &o, &cal, NULL);
@@ -448,7 +359,7 @@ START_TEST(deepseek_export_roundtrip) {
     kvf_model_config rc;
     ck_assert(kvf_hf_config_read(out, &rc, arch, sizeof arch) == KVF_OK);
     ck_assert_str_eq(arch, "DeepseekV3ForCausalLM");
-    ck_assert_msg(max_diff(dst, back, NULL, 0, 0) == 0, "round trip changed the logits");
+    ck_assert_msg(kvf_test_max_logit_diff(dst, back, NULL, 0, 0) == 0, "round trip changed the logits");
     /* partial-RoPE: kvforge's own type, rope_freqs included */
     kvf_convert_opts p = mla_opts("partial-rope", 20, 4);
     kvf_model *pm = kvf_convert_mla_partial(src, &p, &cal, NULL);
@@ -459,7 +370,7 @@ START_TEST(deepseek_export_roundtrip) {
     ck_assert_msg(pb != NULL, "%s", kvf_error_message());
     ck_assert(kvf_hf_config_read(out, &rc, arch, sizeof arch) == KVF_OK);
     ck_assert_str_eq(arch, "KvforgeForCausalLM");
-    ck_assert_msg(max_diff(pm, pb, NULL, 0, 0) == 0, "partial round trip changed the logits");
+    ck_assert_msg(kvf_test_max_logit_diff(pm, pb, NULL, 0, 0) == 0, "partial round trip changed the logits");
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     ck_assert(system(cmd) == 0);
@@ -487,7 +398,7 @@ static void expect_error(kvf_model *(*fn)(const kvf_model *, const kvf_convert_o
 START_TEST(errors_are_clear) {
     kvf_model *src = random_model(2, KVF_DTYPE_F32, 70);
     kvf_calib cal;
-    calibrate(src, &cal, 10);
+    kvf_test_calibrate(src, &cal, NULL, 10);
     kvf_convert_opts o = mla_opts("deepseek", 29, 4);
     o.freqfold = 2;
     expect_error(kvf_convert_mla_deepseek, src, &o, &cal, "--kv-rank 29 is above the maximum 28");
@@ -579,7 +490,7 @@ START_TEST(fixture_partial_all_exact) {
             kvf_convert_opts o = mla_opts("partial-rope", src->cfg.n_kv_heads * src->cfg.v_head_dim, -1);
             kvf_model *dst = kvf_convert_mla_partial(src, &o, NULL, NULL);
             ck_assert_msg(dst != NULL, "%s", kvf_error_message());
-            double md = max_diff(src, dst, NULL, 0, 0);
+            double md = kvf_test_max_logit_diff(src, dst, NULL, 0, 0);
             fprintf(stderr, "%s (%s): partial-RoPE, all frequencies, full rank: max |Δlogit| = %.3g\n",
                     fixtures[fi], dt ? "f64" : "f32", md);
             ck_assert_msg(md <= (dt ? 1e-9 : 1e-4), "%s: max logit diff %g", fixtures[fi], md);
@@ -599,7 +510,7 @@ START_TEST(fixture_deepseek) {
             fprintf(stderr, "skipping %s: fixture not found\n", fixtures[fi]);
             continue;
         }
-        kvf_ids cal_ids = kjv_tokens(dir, 0, 200000);
+        kvf_ids cal_ids = kvf_test_kjv_tokens(dir, 0, 200000);
         if (cal_ids.count < 32 * 256 + 1) {
             fprintf(stderr, "skipping %s: kjv.txt not found\n", fixtures[fi]);
             kvf_model_free(src);
@@ -616,17 +527,17 @@ START_TEST(fixture_deepseek) {
         kvf_model *ident = kvf_convert_mla_deepseek_tuned(src, &o, &cal, &t, NULL);
         kvf_model *def = kvf_convert_mla_deepseek(src, &o, &cal, NULL);
         ck_assert_msg(ident && def, "%s", kvf_error_message());
-        double md = max_diff(ident, def, NULL, 0, 0);
+        double md = kvf_test_max_logit_diff(ident, def, NULL, 0, 0);
         fprintf(stderr, "%s: deepseek D=16 full rank %d vs identity latent: max |Δlogit| = %.3g\n", fixtures[fi], W, md);
         ck_assert_msg(md < 1e-4, "%s: %g", fixtures[fi], md);
         /* quality: val loss as reference.json, at the peer's D=16 F=1 mid rank */
         char path[1200];
-        snprintf(path, sizeof path, "%s/data/kjv.txt", shared());
+        snprintf(path, sizeof path, "%s/data/kjv.txt", kvf_test_shared());
         FILE *f = fopen(path, "rb");
         fseek(f, 0, SEEK_END);
         long len = ftell(f);
         fclose(f);
-        kvf_ids val = kjv_tokens(dir, (size_t)(len * 0.95), 60000); /* ASCII: chars = bytes */
+        kvf_ids val = kvf_test_kjv_tokens(dir, (size_t)(len * 0.95), 60000); /* ASCII: chars = bytes */
         ck_assert(val.count >= 8192);
         o.kv_rank = fi == 0 ? 48 : 32;
         kvf_model *mid = kvf_convert_mla_deepseek(src, &o, &cal, NULL);
