@@ -40,14 +40,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 # Shared libraries the prebuilt binaries need and a bare GPU machine may lack (OpenBLAS,
 # jansson, libyaml, PCRE2, libarchive, ...): $LIBS, a tar.xz of them, unpacked into /tmp.
 LIBS=${LIBS:-.dev/kvlibs.tar.xz}
-if [ -f "$LIBS" ]; then
-    python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall('/tmp/kvf_libs')" "$LIBS" &&
-        export LD_LIBRARY_PATH="$(ls -d /tmp/kvf_libs/* | head -n 1):${LD_LIBRARY_PATH:-}"
-fi
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-    $(python3 -c "import glob, site; print(' '.join(glob.glob(site.getsitepackages()[0] + '/nvidia/*/lib')))" 2>/dev/null); do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
-done
+. bench/gpu_env.sh
 B=""
 if [ -x "$BIN/test_gpu" ] && [ -x "$BIN/kvforge" ] && [ -x "$BIN/kvf_bench_train" ] &&
     ! ldd "$BIN/test_gpu" "$BIN/kvforge" "$BIN/kvf_bench_train" 2>/dev/null | grep -q "not found" &&
