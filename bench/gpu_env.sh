@@ -5,9 +5,9 @@
 # go after it.
 if [ -f "${LIBS:-}" ]; then
     python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall('/tmp/kvf_libs')" "$LIBS" &&
-        export LD_LIBRARY_PATH="$(ls -d /tmp/kvf_libs/* | head -n 1):${LD_LIBRARY_PATH:-}"
+        export LD_LIBRARY_PATH="$(ls -d /tmp/kvf_libs/* | head -n 1)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
     $(python3 -c "import glob, site; print(' '.join(glob.glob(site.getsitepackages()[0] + '/nvidia/*/lib')))" 2>/dev/null); do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$d"
+    [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
 done
