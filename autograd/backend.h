@@ -124,7 +124,8 @@ struct kvf_backend {
 
     /* q [B, T, Hq, Dk], k [B, S, Hkv, Dk], v [B, S, Hkv, Dv] with Hq % Hkv == 0; q/k/v may
      * have any strides with stride[3] == 1 (and row stride[1] >= D). out [B, T, Hq, Dv];
-     * lse [B, Hq, T] in the compute dtype (f64 for f64 q, else f32). */
+     * lse [B, Hq, T] in the compute dtype (f64 for f64 q, else f32). The backward
+     * overwrites dq/dk/dv (contiguous; NULL: not wanted): their old contents are ignored. */
     kvf_status (*attention)(kvf_tensor *out, kvf_tensor *lse, const kvf_tensor *q,
                             const kvf_tensor *k, const kvf_tensor *v, const kvf_attn_cfg *cfg);
     kvf_status (*attention_backward)(kvf_tensor *dq, kvf_tensor *dk, kvf_tensor *dv,

@@ -86,10 +86,23 @@ kvf_tensor *kvf_attention(kvf_ctx *ctx, kvf_tensor *q, kvf_tensor *k, kvf_tensor
 
 kvf_status kvf_attention_backward(kvf_ctx *ctx, kvf_node *n) {
     kvf_tensor *q = n->src[0], *k = n->src[1], *v = n->src[2];
-    kvf_tensor *dq = kvf_grad_get(ctx, q), *dk = kvf_grad_get(ctx, k), *dv = kvf_grad_get(ctx, v);
+    /* the kernels overwrite dq/dk/dv: a gradient that already holds a sum (K/V shared
+     * across layers, or one tensor passed twice) gets a temporary, added in afterwards */
+    kvf_tensor *pq, *pk, *pv;
+    kvf_tensor *dq = kvf_grad_out(ctx, q, &pq), *dk = kvf_grad_out(ctx, k, &pk),
+               *dv = kvf_grad_out(ctx, v, &pv);
     if ((q->requires_grad && !dq) || (k->requires_grad && !dk) || (v->requires_grad && !dv))
         return kvf_error_code();
-    if (kvf_tensor_numel(n->out) == 0) return KVF_OK;
-    return kvf_ctx_backend(ctx)->attention_backward(dq, dk, dv, q, k, v, n->out, n->saved[0],
-                                                    n->out->grad, &n->attn);
+    if (kvf_tensor_numel(n->out) > 0)
+        KVF_TRY(kvf_ctx_backend(ctx)->attention_backward(dq, dk, dv, q, k, v, n->out,
+                                                         n->saved[0], n->out->grad, &n->attn));
+    else {
+        const kvf_backend *be = kvf_ctx_backend(ctx);
+        kvf_tensor *d[3] = {dq, dk, dv};
+        for (int i = 0; i < 3; i++)
+            if (d[i]) KVF_TRY(be->memset_zero(d[i]->storage->data, d[i]->storage->nbytes));
+    }
+    KVF_TRY(kvf_grad_finish(ctx, pq, dq));
+    KVF_TRY(kvf_grad_finish(ctx, pk, dk));
+    return kvf_grad_finish(ctx, pv, dv);
 }

@@ -72,6 +72,20 @@ kvf_tensor *kvf_grad_get(kvf_ctx *ctx, kvf_tensor *t) {
     return t->grad;
 }
 
+kvf_tensor *kvf_grad_out(kvf_ctx *ctx, kvf_tensor *t, kvf_tensor **pending) {
+    *pending = NULL;
+    if (!t || !t->requires_grad) return NULL;
+    kvf_tensor *g = kvf_tensor_new(ctx, t->dtype, t->ndim, t->shape);
+    if (!g) return NULL;
+    if (t->grad) *pending = t->grad;
+    else t->grad = g;
+    return g;
+}
+
+kvf_status kvf_grad_finish(kvf_ctx *ctx, kvf_tensor *pending, const kvf_tensor *out) {
+    return pending ? kvf_grad_accumulate(ctx, pending, out) : KVF_OK;
+}
+
 bool kvf_grad_share(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
     if (!kvf_ctx_grad_sharing(ctx) || !t || !t->requires_grad || t->grad || !g ||
         g->dtype != t->dtype || kvf_tensor_numel(g) != kvf_tensor_numel(t) ||

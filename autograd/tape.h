@@ -71,6 +71,16 @@ kvf_status kvf_backward(kvf_ctx *ctx, kvf_tensor *loss);
  * does not require grad. */
 kvf_tensor *kvf_grad_get(kvf_ctx *ctx, kvf_tensor *t);
 
+/* For rules whose kernel writes a gradient rather than adding to it: the buffer the
+ * kernel may overwrite for t's gradient. When t has none yet it is allocated
+ * (uninitialised: the kernel's write is its first value) and becomes t's gradient,
+ * *pending = NULL; when t has one, a fresh temporary is returned and *pending is t's
+ * gradient, which kvf_grad_finish then adds it into. NULL when t needs no gradient
+ * (*pending NULL too) or on error (check t->requires_grad). */
+kvf_tensor *kvf_grad_out(kvf_ctx *ctx, kvf_tensor *t, kvf_tensor **pending);
+/* After the kernel: pending += out (nothing when pending is NULL). */
+kvf_status kvf_grad_finish(kvf_ctx *ctx, kvf_tensor *pending, const kvf_tensor *out);
+
 /* For rules of ops whose input's gradient is their output's gradient g as it is (reshape,
  * same-dtype copy): when t has no gradient yet, make t's gradient g itself, read in t's
  * shape (g contiguous, t's dtype and element count), instead of a zeroed buffer that g is

@@ -10,7 +10,8 @@
 #       BIN=.dev/bin LIBS=.dev/kvlibs.tar.xz SHARED=.dev/shared bench/gpu_convert.sh
 #
 # Writes (all git-ignored):
-#   .dev/bin/          kvforge, test_gpu, kvf_bench_train, kvf_bench_recompute, kvf_make_random
+#   .dev/bin/          kvforge, test_gpu, kvf_bench_train (+ kvf_bench_recompute, kvf_make_random
+#                      for gpu_convert.sh with PACK_CONVERT=1)
 #                      (Release, -DKVF_CUDA=ON, -DKVF_NATIVE=OFF: no -march=native surprises)
 #   .dev/kvlibs.tar.xz the shared libraries they need beyond glibc and CUDA, in one folder
 #   .dev/kjv.txt       the corpus;  .dev/peer/torch_baseline.py  the PyTorch peer
@@ -25,8 +26,9 @@ BUILD=${BUILD:-build-dev}
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DKVF_CUDA=ON -DKVF_NATIVE=OFF >/dev/null
 cmake --build "$BUILD" -j"$(nproc)" --target kvforge test_gpu kvf_bench_train kvf_bench_recompute \
     kvf_make_random >/dev/null
-bins=("$BUILD/kvforge" "$BUILD/tests/test_gpu" "$BUILD/gpu/kvf_bench_train"
-      "$BUILD/kvf_bench_recompute" "$BUILD/kvf_make_random")
+bins=("$BUILD/kvforge" "$BUILD/tests/test_gpu" "$BUILD/gpu/kvf_bench_train")
+# the conversion script's tools only when asked: the carry limit is tight
+[ "${PACK_CONVERT:-0}" = 1 ] && bins+=("$BUILD/kvf_bench_recompute" "$BUILD/kvf_make_random")
 
 rm -rf .dev/bin .dev/kvlibs.tar.xz .dev/shared .dev/peer .dev/kjv.txt
 mkdir -p .dev/bin .dev/peer .dev/shared/fixtures .dev/shared/data

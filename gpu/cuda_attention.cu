@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "cuda_attention.h"
+#include "cudnn_attention.h"
 
 #define AT_THREADS 256
 #define AT_PAD 4
@@ -511,11 +512,36 @@ static kvf_status fwd_launch(const attn_p &p) {
     return KVF_OK;
 }
 
-/* The bf16 tensor-core path where it applies (cuda_attention_mma.cu). */
+/* bf16: cuDNN's fused attention where it loads and takes the shape (cudnn_attention.h),
+ * else the tensor-core kernels where they apply (cuda_attention_mma.cu). */
+static kvf_cudnn_attn cudnn_args(const attn_p &p) {
+    kvf_cudnn_attn a;
+    memset(&a, 0, sizeof a);
+    a.B = p.B, a.T = p.T, a.S = p.S, a.Hq = p.Hq, a.Hkv = p.Hkv, a.Dk = p.Dk, a.Dv = p.Dv;
+    a.q_b = p.q_b, a.q_t = p.q_t, a.q_h = p.q_h, a.k_b = p.k_b, a.k_t = p.k_t, a.k_h = p.k_h;
+    a.v_b = p.v_b, a.v_t = p.v_t, a.v_h = p.v_h;
+    a.causal = p.causal, a.window = p.window, a.scale = p.scale;
+    a.q = p.q, a.k = p.k, a.v = p.v;
+    return a;
+}
+
 template <class T>
-static bool mma_fwd(const attn_p &, kvf_status *) { return false; }
+static bool fast_fwd(const attn_p &, kvf_status *) { return false; }
 template <>
-bool mma_fwd<__nv_bfloat16>(const attn_p &p, kvf_status *st) { return kvf_cuda_attn_mma_fwd(p, st); }
+bool fast_fwd<__nv_bfloat16>(const attn_p &p, kvf_status *st) {
+    kvf_cudnn_attn a = cudnn_args(p);
+    a.o = p.o, a.lse = p.lse;
+    return kvf_cudnn_attn_fwd(&a, st) || kvf_cuda_attn_mma_fwd(p, st);
+}
+template <class T>
+static bool cudnn_bwd(const attn_p &, const void *, kvf_status *) { return false; }
+template <>
+bool cudnn_bwd<__nv_bfloat16>(const attn_p &p, const void *o, kvf_status *st) {
+    kvf_cudnn_attn a = cudnn_args(p);
+    a.o_in = o, a.dout = p.dout, a.lse_in = p.lse_in;
+    a.dq = p.dq, a.dk = p.dk, a.dv = p.dv;
+    return kvf_cudnn_attn_bwd(&a, st);
+}
 template <class T>
 static bool mma_bwd(const attn_p &, kvf_status *) { return false; }
 template <>
@@ -530,7 +556,7 @@ static kvf_status attention_t(kvf_tensor *out, kvf_tensor *lse, const kvf_tensor
     p.o = kvf_tensor_data(out);
     p.lse = (float *)kvf_tensor_data(lse);
     kvf_status st;
-    if (mma_fwd<T>(p, &st)) return st;
+    if (fast_fwd<T>(p, &st)) return st;
     switch (d_bucket(p.Dv)) {
     case 32: return fwd_launch<T, 32>(p);
     case 64: return fwd_launch<T, 64>(p);
@@ -588,6 +614,18 @@ static kvf_status attention_bw_t(kvf_tensor *dq, kvf_tensor *dk, kvf_tensor *dv,
     attn_p p;
     KVF_TRY(attn_setup(&p, q, k, v, cfg, "attention_backward"));
     if (!dq && !dk && !dv) return KVF_OK;
+    p.dout = kvf_tensor_data(dout);
+    p.lse_in = (const float *)kvf_tensor_data(lse);
+    p.dq = dq ? kvf_tensor_data(dq) : NULL;
+    p.dk = dk ? kvf_tensor_data(dk) : NULL;
+    p.dv = dv ? kvf_tensor_data(dv) : NULL;
+    kvf_status st;
+    if (p.B * p.T * p.Hq > 0 && cudnn_bwd<T>(p, kvf_tensor_data(out), &st)) return st;
+    /* the kernels below add into dq/dk/dv; the contract is to overwrite them */
+    const kvf_tensor *d[3] = {dq, dk, dv};
+    for (int i = 0; i < 3; i++)
+        if (d[i]) KVF_CU(cudaMemsetAsync(kvf_tensor_data(d[i]), 0, (size_t)kvf_tensor_numel(d[i]) * sizeof(T), KVF_STREAM),
+                         "attention_backward: zeroing %s", KVF_CDESC(d[i]));
     if (p.B * p.T * p.Hq == 0) return KVF_OK;
     const int64_t rows = p.B * p.T * p.Hq;
     float *delta = (float *)kvf_cuda_scratch(sizeof(float) * (size_t)rows, "attention_backward");
@@ -595,13 +633,7 @@ static kvf_status attention_bw_t(kvf_tensor *dq, kvf_tensor *dk, kvf_tensor *dv,
     k_attn_delta<T><<<kvf_cuda_blocks(rows * 32, 256), 256, 0, KVF_STREAM>>>(
         delta, (const T *)kvf_tensor_data(out), (const T *)kvf_tensor_data(dout), rows, p.T, p.Hq, p.Dv);
     KVF_LAUNCH("attn_delta", "attention_backward %s", KVF_CDESC(out));
-    p.dout = kvf_tensor_data(dout);
-    p.lse_in = (const float *)kvf_tensor_data(lse);
     p.delta = delta;
-    p.dq = dq ? kvf_tensor_data(dq) : NULL;
-    p.dk = dk ? kvf_tensor_data(dk) : NULL;
-    p.dv = dv ? kvf_tensor_data(dv) : NULL;
-    kvf_status st;
     if (mma_bwd<T>(p, &st)) return st;
     if (dq) {
         switch (d_bucket(p.Dk)) {

@@ -168,6 +168,10 @@ kvf_status kvf_cpu_attention_backward(kvf_tensor *dq, kvf_tensor *dk, kvf_tensor
     KVF_CHECK(lse->dtype == q->dtype, KVF_ERR_DTYPE,
               "attention_backward: the CPU kernel keeps lse in q's dtype: q %s, lse %s",
               KVF_DESC(q), KVF_DESC(lse));
+    /* the kernel below adds into its outputs; the contract is to overwrite them */
+    kvf_tensor *d[3] = {dq, dk, dv};
+    for (int i = 0; i < 3; i++)
+        if (d[i]) memset(kvf_tensor_data(d[i]), 0, (size_t)kvf_tensor_numel(d[i]) * kvf_dtype_size(d[i]->dtype));
     KVF_CPU_DISPATCH("attention_backward", q->dtype, attention_backward, dq, dk, dv, q, k, v,
                      out, lse, dout, cfg);
 }
