@@ -77,6 +77,11 @@ struct kvf_backend {
 
     void *(*alloc)(size_t nbytes); /* NULL on failure (error set) */
     void (*free)(void *p);
+    /* Optional (NULL: alloc/free serve): memory freed and reused within a step — the
+     * backward's gradients and temporaries (context.c). Freeing may happen while queued
+     * work still reads the block; reuse is ordered after it (one stream). */
+    void *(*alloc_temp)(size_t nbytes);
+    void (*free_temp)(void *p);
     kvf_status (*upload)(void *dst, const void *host, size_t nbytes);
     kvf_status (*download)(void *host, const void *src, size_t nbytes);
     kvf_status (*memset_zero)(void *dst, size_t nbytes);

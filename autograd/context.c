@@ -26,6 +26,7 @@ struct arena {
     struct arena_chunk *head, *cur;
     size_t chunk_size;
     size_t used; /* sum of the chunks' used bytes, kept as we go for the peak */
+    size_t high; /* the most bytes used since the last reset */
     const kvf_backend *be; /* NULL: host malloc */
 };
 
@@ -36,6 +37,7 @@ static void *arena_alloc(struct arena *a, size_t n) {
             void *p = c->base + c->used;
             c->used += n;
             a->used += n;
+            if (a->used > a->high) a->high = a->used;
             a->cur = c;
             return p;
         }
@@ -53,6 +55,7 @@ static void *arena_alloc(struct arena *a, size_t n) {
     c->cap = cap;
     c->used = n;
     a->used += n;
+    if (a->used > a->high) a->high = a->used;
     /* append so that reset walks chunks in allocation order */
     struct arena_chunk **pp = &a->head;
     while (*pp) pp = &(*pp)->next;
@@ -61,10 +64,32 @@ static void *arena_alloc(struct arena *a, size_t n) {
     return c->base;
 }
 
+static void arena_free(struct arena *a);
+
+/* A step that needed several chunks leaves the rest of each chunk that the next request
+ * did not fit in unused (on a GPU step of GB-sized activations, a quarter of the arena).
+ * Steps repeat their allocations, so the reset swaps the chunks for one of the step's
+ * high-water size: the next steps bump through it without a gap. */
 static void arena_reset(struct arena *a) {
+    if (a->head && (a->head->next || a->head->cap < a->high)) {
+        size_t want = (a->high + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
+        arena_free(a);
+        struct arena_chunk *c = calloc(1, sizeof *c);
+        if (c) {
+            c->base = a->be ? a->be->alloc(want) : aligned_alloc(ARENA_ALIGN, want);
+            if (c->base) {
+                c->cap = want;
+                a->head = c;
+            } else {
+                free(c); /* chunks come on demand again; the error is not the caller's */
+                kvf_error_clear();
+            }
+        }
+    }
     for (struct arena_chunk *c = a->head; c; c = c->next) c->used = 0;
     a->cur = a->head;
     a->used = 0;
+    a->high = 0;
 }
 
 /* Marks remember the current chunk and its fill; rewinding empties everything after. */
@@ -113,8 +138,20 @@ struct region {
     struct arena headers; /* kvf_tensor + kvf_storage structs, host */
 };
 
+/* The backward's blocks: gradients and rule temporaries of the main region, allocated
+ * one by one (backend alloc_temp) while a backward runs and freed as soon as nothing needs
+ * them — a temporary when its rule returns, a gradient when the rule of the tensor it
+ * belongs to has run (tape.c) — so the backward needs little beyond the forward's arena. */
+struct pool {
+    struct kvf_storage **live;
+    int n, cap;
+    size_t used;
+};
+
 struct kvf_ctx {
     const kvf_backend *be;
+    struct pool pool;
+    bool pool_on;       /* main-region tensors come from the pool (during backward) */
     struct region main, scratch;
     struct region *cur; /* where allocations go: main, or scratch during a recompute */
     size_t peak;        /* most device bytes in use at once (main + scratch) */
@@ -151,8 +188,72 @@ kvf_ctx *kvf_ctx_init(kvf_device device) {
     return ctx;
 }
 
+static void pool_free_block(kvf_ctx *ctx, struct kvf_storage *s) {
+    struct pool *p = &ctx->pool;
+    int i = s->slot;
+    p->live[i] = p->live[--p->n];
+    p->live[i]->slot = i;
+    p->used -= s->nbytes;
+    if (ctx->be->free_temp) ctx->be->free_temp(s->data);
+    else ctx->be->free(s->data);
+    s->data = NULL;
+    s->pooled = false;
+}
+
+static void pool_clear(kvf_ctx *ctx) {
+    while (ctx->pool.n) pool_free_block(ctx, ctx->pool.live[ctx->pool.n - 1]);
+}
+
+static void *pool_alloc(kvf_ctx *ctx, struct kvf_storage *s) {
+    struct pool *p = &ctx->pool;
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 256;
+        struct kvf_storage **l = realloc(p->live, sizeof *l * (size_t)cap);
+        KVF_CHECK_NULL(l, KVF_ERR_OOM, "backward pool: out of host memory");
+        p->live = l;
+        p->cap = cap;
+    }
+    void *d = ctx->be->alloc_temp ? ctx->be->alloc_temp(s->nbytes ? s->nbytes : 1)
+                                  : ctx->be->alloc(s->nbytes ? s->nbytes : 1);
+    if (!d) return NULL;
+    s->pooled = true;
+    s->refs = 0;
+    s->slot = p->n;
+    p->live[p->n++] = s;
+    p->used += s->nbytes;
+    size_t used = kvf_ctx_arena_used(ctx);
+    if (used > ctx->peak) ctx->peak = used;
+    return d;
+}
+
+bool kvf_ctx_pool(kvf_ctx *ctx, bool on) {
+    bool old = ctx->pool_on;
+    ctx->pool_on = on;
+    return old;
+}
+
+void kvf_ctx_pool_sweep(kvf_ctx *ctx) {
+    struct pool *p = &ctx->pool;
+    for (int i = p->n - 1; i >= 0; i--)
+        if (i < p->n && p->live[i]->refs <= 0) pool_free_block(ctx, p->live[i]);
+}
+
+void kvf_grad_hold(kvf_tensor *g) {
+    if (g && g->storage && g->storage->pooled) g->storage->refs++;
+}
+
+void kvf_grad_release(kvf_ctx *ctx, kvf_tensor *t) {
+    if (!t || !t->grad) return;
+    struct kvf_storage *s = t->grad->storage;
+    if (!s || !s->pooled) return; /* arena or parameter storage: kept */
+    t->grad = NULL;
+    if (--s->refs <= 0) pool_free_block(ctx, s);
+}
+
 void kvf_ctx_free(kvf_ctx *ctx) {
     if (!ctx) return;
+    pool_clear(ctx);
+    free(ctx->pool.live);
     region_free(&ctx->main);
     region_free(&ctx->scratch);
     free(ctx->main_tape.nodes);
@@ -160,6 +261,8 @@ void kvf_ctx_free(kvf_ctx *ctx) {
 }
 
 void kvf_ctx_reset(kvf_ctx *ctx) {
+    pool_clear(ctx); /* gradients of leaves that no rule released */
+    ctx->pool_on = false;
     arena_reset(&ctx->main.data);
     arena_reset(&ctx->main.headers);
     arena_reset(&ctx->scratch.data);
@@ -221,7 +324,9 @@ bool kvf_ctx_scratch_since(const kvf_ctx *ctx, const struct kvf_scratch_mark *m,
 int kvf_ctx_recompute_enter(kvf_ctx *ctx, int delta) { return ctx->recomputing += delta; }
 bool kvf_ctx_recomputing(const kvf_ctx *ctx) { return ctx->recomputing > 0; }
 
-size_t kvf_ctx_arena_used(const kvf_ctx *ctx) { return ctx->main.data.used + ctx->scratch.data.used; }
+size_t kvf_ctx_arena_used(const kvf_ctx *ctx) {
+    return ctx->main.data.used + ctx->scratch.data.used + ctx->pool.used;
+}
 
 static size_t arena_reserved(const struct arena *a) {
     size_t n = 0;
@@ -274,7 +379,7 @@ kvf_tensor *kvf_tensor_new(kvf_ctx *ctx, kvf_dtype dtype, int ndim, const int64_
     struct kvf_storage *s = (struct kvf_storage *)(t + 1);
     s->nbytes = kvf_tensor_nbytes(t);
     s->device = ctx->be->device;
-    s->data = kvf_ctx_alloc(ctx, s->nbytes);
+    s->data = ctx->pool_on && ctx->cur == &ctx->main ? pool_alloc(ctx, s) : kvf_ctx_alloc(ctx, s->nbytes);
     if (!s->data) return NULL;
     t->storage = s;
     return t;
@@ -296,7 +401,7 @@ kvf_tensor *kvf_tensor_full(kvf_ctx *ctx, kvf_dtype dtype, int ndim, const int64
     size_t es = kvf_dtype_size(dtype);
     char *host = malloc((size_t)n * es + 1);
     KVF_CHECK_NULL(host, KVF_ERR_OOM, "tensor: out of host memory");
-    struct kvf_storage hs = {host, (size_t)n * es, KVF_DEVICE_CPU, false};
+    struct kvf_storage hs = {.data = host, .nbytes = (size_t)n * es, .device = KVF_DEVICE_CPU};
     kvf_tensor h = *t;
     h.storage = &hs;
     h.offset = 0;
@@ -335,7 +440,7 @@ kvf_status kvf_tensor_to_host(const kvf_tensor *t, void *host, size_t nbytes) {
     if (kvf_tensor_is_contiguous(t)) return be->download(host, kvf_tensor_data(t), nbytes);
     KVF_CHECK(kvf_tensor_device(t) == KVF_DEVICE_CPU, KVF_ERR_ARG,
               "to_host: make the device tensor contiguous first");
-    struct kvf_storage hs = {host, nbytes, KVF_DEVICE_CPU, false};
+    struct kvf_storage hs = {.data = host, .nbytes = nbytes, .device = KVF_DEVICE_CPU};
     kvf_tensor h = *t;
     h.storage = &hs;
     h.offset = 0;
@@ -350,7 +455,7 @@ kvf_status kvf_tensor_item(const kvf_tensor *t, double *value) {
     if (!be) return kvf_error_code();
     uint64_t raw = 0;
     KVF_TRY(be->download(&raw, kvf_tensor_data(t), kvf_dtype_size(t->dtype)));
-    struct kvf_storage hs = {&raw, sizeof raw, KVF_DEVICE_CPU, false};
+    struct kvf_storage hs = {.data = &raw, .nbytes = sizeof raw, .device = KVF_DEVICE_CPU};
     kvf_tensor h = *t;
     h.storage = &hs;
     h.offset = 0;

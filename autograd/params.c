@@ -95,8 +95,8 @@ kvf_status kvf_params_alloc(kvf_params *p, kvf_device device) {
     const kvf_backend *be = kvf_backend_get(device);
     if (!be) return kvf_error_code();
     size_t nb = (size_t)(p->numel ? p->numel : 1) * kvf_dtype_size(p->dtype);
-    p->values = (struct kvf_storage){be->alloc(nb), nb, device, false};
-    p->grads = (struct kvf_storage){be->alloc(nb), nb, device, false};
+    p->values = (struct kvf_storage){.data = be->alloc(nb), .nbytes = nb, .device = device};
+    p->grads = (struct kvf_storage){.data = be->alloc(nb), .nbytes = nb, .device = device};
     if (!p->values.data || !p->grads.data) {
         if (p->values.data) be->free(p->values.data);
         if (p->grads.data) be->free(p->grads.data);

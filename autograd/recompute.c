@@ -169,6 +169,7 @@ kvf_status kvf_recompute_backward(kvf_ctx *ctx, kvf_node *n) {
             break;
         }
         re[i]->grad = o->grad;
+        kvf_grad_hold(re[i]->grad);
     }
     if (st == KVF_OK) st = kvf_tape_run(ctx, &sub);
     kvf_ctx_set_grad(ctx, was);
@@ -176,5 +177,6 @@ kvf_status kvf_recompute_backward(kvf_ctx *ctx, kvf_node *n) {
     kvf_ctx_use_scratch(ctx, false);
     kvf_ctx_scratch_rewind(ctx, &mark);
     free(sub.nodes);
+    for (int i = 0; i < rec->n_out; i++) kvf_grad_release(ctx, rec->out[i]);
     return st;
 }

@@ -68,7 +68,10 @@ kvf_node *kvf_tape_node(kvf_ctx *ctx, int i) { return &kvf_ctx_tape(ctx)->nodes[
 
 kvf_tensor *kvf_grad_get(kvf_ctx *ctx, kvf_tensor *t) {
     if (!t || !t->requires_grad) return NULL;
-    if (!t->grad) t->grad = kvf_tensor_zeros(ctx, t->dtype, t->ndim, t->shape);
+    if (!t->grad) {
+        t->grad = kvf_tensor_zeros(ctx, t->dtype, t->ndim, t->shape);
+        kvf_grad_hold(t->grad);
+    }
     return t->grad;
 }
 
@@ -78,7 +81,10 @@ kvf_tensor *kvf_grad_out(kvf_ctx *ctx, kvf_tensor *t, kvf_tensor **pending) {
     kvf_tensor *g = kvf_tensor_new(ctx, t->dtype, t->ndim, t->shape);
     if (!g) return NULL;
     if (t->grad) *pending = t->grad;
-    else t->grad = g;
+    else {
+        t->grad = g;
+        kvf_grad_hold(g);
+    }
     return g;
 }
 
@@ -97,6 +103,7 @@ bool kvf_grad_share(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
     memcpy(v->shape, t->shape, sizeof v->shape);
     kvf_layout_contiguous(v->ndim, v->shape, v->stride);
     t->grad = v;
+    kvf_grad_hold(v);
     return true;
 }
 
@@ -126,6 +133,10 @@ kvf_status kvf_backward(kvf_ctx *ctx, kvf_tensor *loss) {
               "backward: loss does not depend on anything that requires grad (was grad mode "
               "off, or no parameter marked?)");
     bool was = kvf_ctx_set_grad(ctx, false);
+    /* gradients and temporaries as separate blocks, freed as soon as they are dead — part
+     * of the memory-saving mode that grad sharing switches (off: the reference, keeping
+     * every intermediate's ->grad after backward) */
+    bool pool_was = kvf_ctx_pool(ctx, kvf_ctx_grad_sharing(ctx));
     kvf_status st = KVF_OK;
     kvf_tensor *g = kvf_grad_get(ctx, loss);
     if (!g) st = kvf_error_code();
@@ -134,6 +145,7 @@ kvf_status kvf_backward(kvf_ctx *ctx, kvf_tensor *loss) {
         st = one ? kvf_grad_accumulate(ctx, g, one) : kvf_error_code();
     }
     if (st == KVF_OK) st = kvf_tape_run(ctx, kvf_ctx_tape(ctx));
+    kvf_ctx_pool(ctx, pool_was);
     kvf_ctx_set_grad(ctx, was);
     return st;
 }
@@ -145,6 +157,10 @@ kvf_status kvf_tape_run(kvf_ctx *ctx, struct kvf_tape *tape) {
         /* not on a path to the loss (a recompute node has several outputs: its rule looks) */
         if (!n->out->grad && n->op != KVF_OP_RECOMPUTE) continue;
         st = kvf_op_rules[n->op].backward(ctx, n);
+        /* every consumer of n's output ran before n: its gradient is dead now (a recompute
+         * node releases its outputs' itself), and so are the rule's temporaries */
+        if (n->op != KVF_OP_RECOMPUTE) kvf_grad_release(ctx, n->out);
+        kvf_ctx_pool_sweep(ctx);
     }
     return st;
 }

@@ -39,4 +39,16 @@ bool kvf_ctx_scratch_since(const kvf_ctx *ctx, const struct kvf_scratch_mark *m,
 /* Adds delta to the recompute depth (kvf_ctx_recomputing is depth > 0); returns the new one. */
 int kvf_ctx_recompute_enter(kvf_ctx *ctx, int delta);
 
+/* The backward pool (context.c): while on, new main-region tensors are separate blocks.
+ * A block held by no tensor's ->grad is garbage once the rule that made it returns
+ * (sweep frees those); kvf_grad_hold / kvf_grad_release count the holders. Returns the
+ * previous setting. */
+bool kvf_ctx_pool(kvf_ctx *ctx, bool on);
+void kvf_ctx_pool_sweep(kvf_ctx *ctx);
+/* g became some tensor's ->grad: one more holder (pooled blocks only). */
+void kvf_grad_hold(kvf_tensor *g);
+/* t's gradient is no longer needed (the rule of t's producer has run): t->grad = NULL and
+ * its block is freed when it was the last holder. Arena and parameter gradients stay. */
+void kvf_grad_release(kvf_ctx *ctx, kvf_tensor *t);
+
 #endif

@@ -32,6 +32,9 @@ struct kvf_storage {
     size_t nbytes;
     kvf_device device;
     bool owned; /* freed by kvf_tensor_free_owned; arena storage is not */
+    bool pooled; /* a backward block (context.c): freed when refs falls to 0 after a rule */
+    int refs;    /* pooled: how many tensors hold it as their ->grad */
+    int slot;    /* pooled: index in the ctx's list of live blocks */
 };
 
 struct kvf_tensor {

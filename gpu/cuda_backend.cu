@@ -169,6 +169,42 @@ static void cuda_free(void *p) {
     if (p) cudaFree(p);
 }
 
+/* Stream-ordered allocations from the device's default memory pool, which keeps what is
+ * freed (release threshold: everything) so that steady-state steps allocate nothing from
+ * the driver; a free is ordered after the kernels already queued that read the block. */
+static void *cuda_alloc_temp(size_t n) {
+    static bool pool_set = false;
+    if (!pool_set) {
+        cudaMemPool_t pool;
+        int dev = 0;
+        if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+            uint64_t keep = UINT64_MAX;
+            cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+        }
+        (void)cudaGetLastError();
+        pool_set = true;
+    }
+    void *p = NULL;
+    cudaError_t e = cudaMallocAsync(&p, n ? n : 1, KVF_STREAM);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        kvf_error_set(e == cudaErrorMemoryAllocation ? KVF_ERR_OOM : KVF_ERR_BACKEND,
+                      "cuda: cudaMallocAsync of %zu bytes (%.1f MiB) for the backward failed: %s; "
+                      "the GPU has %.1f MiB free of %.1f MiB: lower batch_size or seq_len, set "
+                      "run.recompute: blocks, or use a smaller model",
+                      n, (double)n / 1048576.0, cudaGetErrorString(e), (double)fr / 1048576.0,
+                      (double)tot / 1048576.0);
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free_temp(void *p) {
+    if (p) cudaFreeAsync(p, KVF_STREAM);
+}
+
 static kvf_status cuda_upload(void *dst, const void *host, size_t n) {
     if (!n) return KVF_OK;
     KVF_CU(cudaMemcpy(dst, host, n, cudaMemcpyHostToDevice),
@@ -199,6 +235,8 @@ static void table_init(void) {
     t->device = KVF_DEVICE_CUDA;
     t->alloc = cuda_alloc;
     t->free = cuda_free;
+    t->alloc_temp = cuda_alloc_temp;
+    t->free_temp = cuda_free_temp;
     t->upload = cuda_upload;
     t->download = cuda_download;
     t->memset_zero = cuda_memset_zero;

@@ -693,9 +693,9 @@ static kvf_tensor *f_ce(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
 }
 
 static const struct ce_case ce_cases[] = {
-    {"[37,50] with ignored rows", 37, 50, 5},
-    {"[300,5000]", 300, 5000, 0},
-    {"[4,70000] (long rows)", 4, 70000, 3},
+    {"[37,50] with ignored rows", 37, 50, 5, 0},
+    {"[300,5000]", 300, 5000, 0, 0},
+    {"[4,70000] (long rows)", 4, 70000, 3, 0},
     /* logits of std 1: with 3 classes and std 3 the loss can be ~0.005, a difference of
      * two terms near 5 whose f32 rounding alone is a relative 1e-5 of it */
     {"[2,3]", 2, 3, 0, 1.0},
