@@ -49,6 +49,9 @@ struct kvf_gemm_args {
     int64_t stride_a, stride_b, stride_c;
     double alpha, beta;
     kvf_dtype dtype;
+    /* C in f32 while A and B are in dtype (bf16): weight gradients straight into the f32
+     * master gradients. Backends without mixed GEMMs (the CPU) refuse it unless dtype is f32. */
+    bool c_f32;
 };
 typedef struct kvf_gemm_args kvf_gemm_args;
 

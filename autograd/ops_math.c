@@ -11,7 +11,8 @@ static kvf_status gemm(kvf_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int
         .a = kvf_tensor_data(a), .b = kvf_tensor_data(b), .c = kvf_tensor_data(c),
         .lda = ta ? m : k, .ldb = tb ? k : n, .ldc = n,
         .stride_a = sa, .stride_b = sb, .stride_c = sc,
-        .alpha = 1.0, .beta = beta, .dtype = c->dtype,
+        .alpha = 1.0, .beta = beta, .dtype = a->dtype,
+        .c_f32 = c->dtype == KVF_DTYPE_F32 && a->dtype != KVF_DTYPE_F32,
     };
     return kvf_ctx_backend(ctx)->gemm(&g);
 }
@@ -61,29 +62,67 @@ kvf_tensor *kvf_matmul(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b, bool trans_a,
     return c;
 }
 
+/* Where a mixed-precision weight's gradient goes: b is a bf16 cast of an f32 parameter
+ * (the model's compute_w), and a backend with mixed GEMMs can write dW in f32 straight
+ * into the master's gradient — no bf16 gradient buffer, no rounding of dW to bf16, no cast
+ * back and add. The cast's own rule then finds no gradient on b and does nothing (or adds
+ * what other consumers of b left there). NULL: the plain path. */
+static kvf_tensor *master_grad(kvf_ctx *ctx, kvf_tensor *b) {
+    if (b->dtype != KVF_DTYPE_BF16 || b->node < 0 || kvf_ctx_device(ctx) != KVF_DEVICE_CUDA ||
+        b->node >= kvf_tape_size(ctx))
+        return NULL;
+    kvf_node *c = kvf_tape_node(ctx, b->node);
+    if (c->out != b || c->op != KVF_OP_COPY || c->n_src != 1) return NULL;
+    kvf_tensor *w = c->src[0];
+    if (!w || w->dtype != KVF_DTYPE_F32 || !w->requires_grad || !kvf_tensor_same_shape(w, b) ||
+        !kvf_tensor_is_contiguous(b))
+        return NULL;
+    kvf_tensor *g = kvf_grad_get(ctx, w);
+    return g && kvf_tensor_is_contiguous(g) ? g : NULL;
+}
+
+/* The gradient buffer of t for a GEMM to write (beta 0: new, uninitialised) or add into
+ * (beta 1: it holds a sum already). A GEMM whose batches share C adds batch by batch, so
+ * a new buffer is zeroed for it instead. */
+static kvf_tensor *grad_for_gemm(kvf_ctx *ctx, kvf_tensor *t, bool shared_c, double *beta) {
+    bool fresh;
+    kvf_tensor *g = kvf_grad_fresh(ctx, t, &fresh);
+    if (!g) return NULL;
+    *beta = 1.0;
+    if (!fresh) return g;
+    if (!shared_c) *beta = 0.0;
+    else if (kvf_ctx_backend(ctx)->memset_zero(g->storage->data, g->storage->nbytes) != KVF_OK)
+        return NULL;
+    return g;
+}
+
 kvf_status kvf_matmul_backward(kvf_ctx *ctx, kvf_node *nd) {
     kvf_tensor *a = nd->src[0], *b = nd->src[1], *gc = nd->out->grad;
     bool ta = nd->iparam[0], tb = nd->iparam[1], shared_b = b->ndim == 2;
     int64_t m = nd->iparam[2], n = nd->iparam[3], k = nd->iparam[4], batch = nd->iparam[5];
     int64_t sb = shared_b ? 0 : k * n;
+    double beta;
     if (a->requires_grad) {
-        kvf_tensor *ga = kvf_grad_get(ctx, a);
+        kvf_tensor *ga = grad_for_gemm(ctx, a, false, &beta);
         if (!ga) return kvf_error_code();
         if (!ta) /* dA = dC · op(B)ᵀ */
-            KVF_TRY(gemm(ctx, false, !tb, m, k, n, batch, gc, m * n, b, sb, ga, m * k, 1.0));
+            KVF_TRY(gemm(ctx, false, !tb, m, k, n, batch, gc, m * n, b, sb, ga, m * k, beta));
         else /* A stored k×m: dA = op(B) · dCᵀ */
-            KVF_TRY(gemm(ctx, tb, true, k, m, n, batch, b, sb, gc, m * n, ga, m * k, 1.0));
+            KVF_TRY(gemm(ctx, tb, true, k, m, n, batch, b, sb, gc, m * n, ga, m * k, beta));
     }
     if (b->requires_grad) {
-        kvf_tensor *gb = kvf_grad_get(ctx, b);
-        if (!gb) return kvf_error_code();
-        if (shared_b && !ta) { /* rows of every batch at once */
-            if (!tb) KVF_TRY(gemm(ctx, true, false, k, n, batch * m, 1, a, 0, gc, 0, gb, 0, 1.0));
-            else KVF_TRY(gemm(ctx, true, false, n, k, batch * m, 1, gc, 0, a, 0, gb, 0, 1.0));
+        bool tall = shared_b && !ta, shared_c = shared_b && !tall && batch > 1;
+        kvf_tensor *gb = tall ? master_grad(ctx, b) : NULL;
+        if (gb) beta = 1.0;
+        else if (!(gb = grad_for_gemm(ctx, b, shared_c, &beta)))
+            return kvf_error_code();
+        if (tall) { /* rows of every batch at once */
+            if (!tb) KVF_TRY(gemm(ctx, true, false, k, n, batch * m, 1, a, 0, gc, 0, gb, 0, beta));
+            else KVF_TRY(gemm(ctx, true, false, n, k, batch * m, 1, gc, 0, a, 0, gb, 0, beta));
         } else if (!tb) { /* dB = op(A)ᵀ · dC */
-            KVF_TRY(gemm(ctx, !ta, false, k, n, m, batch, a, m * k, gc, m * n, gb, sb, 1.0));
+            KVF_TRY(gemm(ctx, !ta, false, k, n, m, batch, a, m * k, gc, m * n, gb, sb, beta));
         } else { /* B stored n×k: dB = dCᵀ · op(A) */
-            KVF_TRY(gemm(ctx, true, ta, n, k, m, batch, gc, m * n, a, m * k, gb, sb, 1.0));
+            KVF_TRY(gemm(ctx, true, ta, n, k, m, batch, gc, m * n, a, m * k, gb, sb, beta));
         }
     }
     return KVF_OK;

@@ -75,17 +75,25 @@ kvf_tensor *kvf_grad_get(kvf_ctx *ctx, kvf_tensor *t) {
     return t->grad;
 }
 
+kvf_tensor *kvf_grad_fresh(kvf_ctx *ctx, kvf_tensor *t, bool *fresh) {
+    *fresh = false;
+    if (!t || !t->requires_grad) return NULL;
+    if (t->grad) return t->grad;
+    if (!(t->grad = kvf_tensor_new(ctx, t->dtype, t->ndim, t->shape))) return NULL;
+    kvf_grad_hold(t->grad);
+    *fresh = true;
+    return t->grad;
+}
+
 kvf_tensor *kvf_grad_out(kvf_ctx *ctx, kvf_tensor *t, kvf_tensor **pending) {
     *pending = NULL;
     if (!t || !t->requires_grad) return NULL;
-    kvf_tensor *g = kvf_tensor_new(ctx, t->dtype, t->ndim, t->shape);
-    if (!g) return NULL;
-    if (t->grad) *pending = t->grad;
-    else {
-        t->grad = g;
-        kvf_grad_hold(g);
+    if (t->grad) {
+        *pending = t->grad;
+        return kvf_tensor_new(ctx, t->dtype, t->ndim, t->shape);
     }
-    return g;
+    bool fresh;
+    return kvf_grad_fresh(ctx, t, &fresh);
 }
 
 kvf_status kvf_grad_finish(kvf_ctx *ctx, kvf_tensor *pending, const kvf_tensor *out) {

@@ -71,6 +71,10 @@ kvf_status kvf_backward(kvf_ctx *ctx, kvf_tensor *loss);
  * does not require grad. */
 kvf_tensor *kvf_grad_get(kvf_ctx *ctx, kvf_tensor *t);
 
+/* For rules that can either write or add: t's gradient buffer, *fresh = true when it was
+ * just made (uninitialised: write it) and false when it holds a sum (add into it). */
+kvf_tensor *kvf_grad_fresh(kvf_ctx *ctx, kvf_tensor *t, bool *fresh);
+
 /* For rules whose kernel writes a gradient rather than adding to it: the buffer the
  * kernel may overwrite for t's gradient. When t has none yet it is allocated
  * (uninitialised: the kernel's write is its first value) and becomes t's gradient,

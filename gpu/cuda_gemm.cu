@@ -5,7 +5,8 @@
  * ask for Cᵀ = op(B)ᵀ·op(A)ᵀ: cuBLASLt's "A" is our B (n×k, or k×n stored) and its "B" is
  * our A, with the same transpose flags; M' = n, N' = m.
  *
- * bf16: bf16 in/out with an f32 accumulator (CUBLAS_COMPUTE_32F). f32: plain f32 FMA
+ * bf16: bf16 in/out with an f32 accumulator (CUBLAS_COMPUTE_32F); with c_f32, C is f32
+ * (weight gradients into the f32 master gradients). f32: plain f32 FMA
  * (CUBLAS_COMPUTE_32F, no TF32) so results stay within f32 rounding of the CPU reference;
  * KVF_CUDA_TF32=1 in the environment switches f32 GEMMs to TF32 tensor cores (about 1e-3
  * relative error). f64 is CPU-only.
@@ -45,7 +46,7 @@ kvf_status kvf_cuda_gemm_init(void) {
 }
 
 struct plan_key {
-    int dtype, ta, tb, tf32;
+    int dtype, ta, tb, tf32, c_f32;
     int64_t m, n, k, batch, lda, ldb, ldc, sa, sb, sc;
     uint32_t align_a, align_b, align_c;
 };
@@ -120,7 +121,8 @@ static kvf_status plan_build(plan *p, const plan_key *k, const char *what) {
     kvf_status st;
     if ((st = make_layout(&p->la, t, ar, ac, k->ldb, k->batch, k->sb, what)) != KVF_OK ||
         (st = make_layout(&p->lb, t, br, bcn, k->lda, k->batch, k->sa, what)) != KVF_OK ||
-        (st = make_layout(&p->lc, t, k->n, k->m, k->ldc, k->batch, k->sc, what)) != KVF_OK) {
+        (st = make_layout(&p->lc, k->c_f32 ? CUDA_R_32F : t, k->n, k->m, k->ldc, k->batch, k->sc,
+                          what)) != KVF_OK) {
         p->used = true;
         plan_destroy(p);
         return st;
@@ -182,13 +184,15 @@ kvf_status kvf_cuda_gemm(const kvf_gemm_args *g) {
     if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->batch > INT32_MAX)
         return kvf_error_set(KVF_ERR_SHAPE, "%s: sizes exceed cuBLASLt's 32-bit limits", what);
     const size_t es = kvf_dtype_size(g->dtype);
+    const size_t es_c = g->c_f32 ? sizeof(float) : es;
     const bool shared_c = g->stride_c == 0 && g->batch > 1;
     const int64_t nb = shared_c ? 1 : g->batch; /* batches per cuBLASLt call */
     if (g->k == 0) { /* C = beta·C for every batch */
         for (int64_t i = 0; i < g->batch; i++) {
             if (shared_c && i > 0 && g->beta == 1.0) break;
-            KVF_TRY(kvf_cuda_scale_inplace((char *)g->c + (size_t)(i * g->stride_c) * es, g->m,
-                                           g->n, g->ldc, g->beta, g->dtype));
+            KVF_TRY(kvf_cuda_scale_inplace((char *)g->c + (size_t)(i * g->stride_c) * es_c, g->m,
+                                           g->n, g->ldc, g->beta,
+                                           g->c_f32 ? KVF_DTYPE_F32 : g->dtype));
             if (shared_c && g->beta == 0.0) break;
         }
         return KVF_OK;
@@ -199,6 +203,7 @@ kvf_status kvf_cuda_gemm(const kvf_gemm_args *g) {
     key.ta = g->trans_a;
     key.tb = g->trans_b;
     key.tf32 = g_tf32 && g->dtype == KVF_DTYPE_F32;
+    key.c_f32 = g->c_f32 && g->dtype != KVF_DTYPE_F32;
     key.m = g->m;
     key.n = g->n;
     key.k = g->k;
@@ -213,7 +218,7 @@ kvf_status kvf_cuda_gemm(const kvf_gemm_args *g) {
     const int64_t ab = shared_c ? g->batch : nb;
     key.align_a = align_of(g->a, g->stride_a * (int64_t)es, ab);
     key.align_b = align_of(g->b, g->stride_b * (int64_t)es, ab);
-    key.align_c = align_of(g->c, g->stride_c * (int64_t)es, nb);
+    key.align_c = align_of(g->c, g->stride_c * (int64_t)es_c, nb);
     plan *p = plan_get(&key, what);
     if (!p) return kvf_error_code();
     const float alpha = (float)g->alpha, beta = (float)g->beta;

@@ -27,6 +27,9 @@ static void gemm_one(const kvf_gemm_args *g, int64_t i) {
 kvf_status kvf_cpu_gemm(const kvf_gemm_args *g) {
     KVF_CHECK(g->dtype == KVF_DTYPE_F32 || g->dtype == KVF_DTYPE_F64, KVF_ERR_DTYPE,
               "gemm: the CPU backend computes in f32 or f64, got %s", kvf_dtype_name(g->dtype));
+    KVF_CHECK(!g->c_f32 || g->dtype == KVF_DTYPE_F32, KVF_ERR_DTYPE,
+              "gemm: the CPU backend has no mixed %s·%s → f32 GEMM", kvf_dtype_name(g->dtype),
+              kvf_dtype_name(g->dtype));
     KVF_CHECK(g->m < INT32_MAX && g->n < INT32_MAX && g->k < INT32_MAX, KVF_ERR_SHAPE,
               "gemm: %lldx%lldx%lld exceeds BLAS's 32-bit sizes", (long long)g->m,
               (long long)g->n, (long long)g->k);
