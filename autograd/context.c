@@ -158,6 +158,7 @@ struct kvf_ctx {
     bool grad_enabled;
     bool grad_sharing;  /* tape.h: kvf_grad_share and in-place loss gradients allowed */
     int recomputing;    /* > 0 while a recompute rule re-runs a forward */
+    int64_t clock;      /* ticks once per recorded node, never rewound (tensor.h: born) */
     struct kvf_tape main_tape;
     struct kvf_tape *tape; /* where ops record: main_tape, or a recompute's own */
 };
@@ -320,6 +321,8 @@ void kvf_ctx_scratch_rewind(kvf_ctx *ctx, const struct kvf_scratch_mark *m) {
 bool kvf_ctx_scratch_since(const kvf_ctx *ctx, const struct kvf_scratch_mark *m, const void *host) {
     return arena_since(&ctx->scratch.headers, &m->headers, host);
 }
+
+int64_t kvf_ctx_tick(kvf_ctx *ctx) { return ++ctx->clock; }
 
 int kvf_ctx_recompute_enter(kvf_ctx *ctx, int delta) { return ctx->recomputing += delta; }
 bool kvf_ctx_recomputing(const kvf_ctx *ctx) { return ctx->recomputing > 0; }

@@ -179,6 +179,14 @@ kvf_tensor *kvf_sub(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b) { return binary(
 kvf_tensor *kvf_mul(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b) { return binary(ctx, KVF_BINOP_MUL, a, b); }
 kvf_tensor *kvf_div(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b) { return binary(ctx, KVF_BINOP_DIV, a, b); }
 
+/* t's gradient gets g (same shape): written into a new buffer, or added to the sum. */
+static kvf_status write_or_add(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
+    bool fresh;
+    kvf_tensor *d = kvf_grad_fresh(ctx, t, &fresh);
+    if (!d) return kvf_error_code();
+    return fresh ? kvf_ctx_backend(ctx)->copy(d, g) : kvf_grad_accumulate(ctx, d, g);
+}
+
 kvf_status kvf_binary_backward(kvf_ctx *ctx, kvf_node *n) {
     const kvf_backend *be = kvf_ctx_backend(ctx);
     kvf_binop op = (kvf_binop)n->iparam[0];
@@ -187,6 +195,20 @@ kvf_status kvf_binary_backward(kvf_ctx *ctx, kvf_node *n) {
     int64_t shape[KVF_MAX_DIMS];
     kvf_tensor va, vb;
     if (!broadcast("backward", a, b, &nd, shape, &va, &vb)) return kvf_error_code();
+    if (op == KVF_BINOP_ADD && kvf_tensor_same_shape(a, g) && kvf_tensor_same_shape(b, g)) {
+        /* g is final and only this rule reads it: one operand may take it as its gradient
+         * (kvf_grad_share). Both may — a residual add — when every later write into one
+         * operand's gradient lands after the other's producer has read its own: so when
+         * one (say b) had no other reader and every other reader of a came before b was
+         * made, for those run later in the backward than b's producer. */
+        int64_t ua = n->src_prev_use[0], ub = n->src_prev_use[1];
+        bool both = a != b && kvf_grad_sole(g) && ((ub == 0 && ua < b->born) || (ua == 0 && ub < a->born));
+        bool took = false;
+        if (a->requires_grad && !(took = kvf_grad_share(ctx, a, g))) KVF_TRY(write_or_add(ctx, a, g));
+        if (b->requires_grad && !(took ? both && kvf_grad_share_again(ctx, b, g) : kvf_grad_share(ctx, b, g)))
+            KVF_TRY(write_or_add(ctx, b, g));
+        return KVF_OK;
+    }
     kvf_tensor *t = kvf_ops_like(ctx, g); /* full-shape scratch */
     if (!t) return kvf_error_code();
     if (a->requires_grad) {

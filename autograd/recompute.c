@@ -123,7 +123,12 @@ kvf_status kvf_recompute(kvf_ctx *ctx, kvf_recompute_fn fn, const void *ud, size
         for (int i = 0; i < n->n_src; i++) n->src[i] = in[i];
         n->ext = rec;
         for (int i = 0; i < n_out; i++)
-            if (rec->out[i] && rec->out[i]->requires_grad) rec->out[i]->node = rec->out[first]->node;
+            if (rec->out[i] && rec->out[i]->requires_grad) {
+                rec->out[i]->node = rec->out[first]->node;
+                rec->out[i]->born = rec->out[first]->born;
+            }
+        for (int i = 0; i < n_in; i++) /* read by this node: the clock's order of uses (tape.c) */
+            if (in[i]) in[i]->last_use = rec->out[first]->born;
     }
     for (int i = 0; i < n_out; i++) out[i] = rec->out[i];
     return KVF_OK;

@@ -38,7 +38,13 @@ kvf_node *kvf_tape_record(kvf_ctx *ctx, kvf_op op, kvf_tensor *out, int n_src,
     kvf_node *n = kvf_tape_push(ctx, (int)op, out);
     if (!n) return NULL;
     n->n_src = n_src;
-    for (int i = 0; i < n_src; i++) n->src[i] = src[i];
+    int64_t now = out->born;
+    for (int i = 0; i < n_src; i++) {
+        n->src[i] = src[i];
+        if (!src[i]) continue;
+        n->src_prev_use[i] = src[i]->last_use;
+        src[i]->last_use = now;
+    }
     return n;
 }
 
@@ -60,6 +66,7 @@ kvf_node *kvf_tape_push(kvf_ctx *ctx, int op, kvf_tensor *out) {
     n->out = out;
     out->requires_grad = true;
     out->node = tape->n++;
+    out->born = kvf_ctx_tick(ctx);
     return n;
 }
 
@@ -100,7 +107,14 @@ kvf_status kvf_grad_finish(kvf_ctx *ctx, kvf_tensor *pending, const kvf_tensor *
     return pending ? kvf_grad_accumulate(ctx, pending, out) : KVF_OK;
 }
 
-bool kvf_grad_share(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
+bool kvf_grad_sole(const kvf_tensor *g) {
+    return g && g->storage && g->storage->pooled && g->storage->refs == 1;
+}
+
+static bool grad_share(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g, bool again) {
+    /* a block held by another tensor too (an add handed it to both operands) would make
+     * t's gradient an alias of that one's as well */
+    if (!again && g && g->storage && g->storage->pooled && g->storage->refs > 1) return false;
     if (!kvf_ctx_grad_sharing(ctx) || !t || !t->requires_grad || t->grad || !g ||
         g->dtype != t->dtype || kvf_tensor_numel(g) != kvf_tensor_numel(t) ||
         !kvf_tensor_is_contiguous(g))
@@ -113,6 +127,14 @@ bool kvf_grad_share(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
     t->grad = v;
     kvf_grad_hold(v);
     return true;
+}
+
+bool kvf_grad_share(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
+    return grad_share(ctx, t, g, false);
+}
+
+bool kvf_grad_share_again(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
+    return grad_share(ctx, t, g, true);
 }
 
 kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src) {

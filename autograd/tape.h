@@ -42,6 +42,7 @@ struct kvf_node {
     int n_src;
     kvf_tensor *src[KVF_MAX_SRC];
     kvf_tensor *saved[3]; /* op-specific: softmax stats, norm statistics, ... */
+    int64_t src_prev_use[KVF_MAX_SRC]; /* src[i]->last_use just before this node read it */
     int64_t iparam[8];
     double fparam[4];
     kvf_attn_cfg attn;
@@ -97,6 +98,13 @@ kvf_status kvf_grad_finish(kvf_ctx *ctx, kvf_tensor *pending, const kvf_tensor *
  * Returns true when t now shares g; false (nothing done): accumulate as usual. Off with
  * kvf_ctx_set_grad_sharing(ctx, false). */
 bool kvf_grad_share(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g);
+
+/* Whether g's block is a pooled one held by exactly one tensor (the rule's output). */
+bool kvf_grad_sole(const kvf_tensor *g);
+/* kvf_grad_share for a second tensor (a residual add handing g to both operands, which
+ * checked kvf_grad_sole first and the order of the operands' uses: ops_math.c). Plain
+ * kvf_grad_share refuses a block that another tensor holds as well. */
+bool kvf_grad_share_again(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g);
 
 /* For rules: dst += src where src's shape broadcasts to dst's (summing broadcast dims). */
 kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src);

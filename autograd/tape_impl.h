@@ -39,6 +39,9 @@ bool kvf_ctx_scratch_since(const kvf_ctx *ctx, const struct kvf_scratch_mark *m,
 /* Adds delta to the recompute depth (kvf_ctx_recomputing is depth > 0); returns the new one. */
 int kvf_ctx_recompute_enter(kvf_ctx *ctx, int delta);
 
+/* The next value of the ctx's clock (1, 2, ...; never rewound). */
+int64_t kvf_ctx_tick(kvf_ctx *ctx);
+
 /* The backward pool (context.c): while on, new main-region tensors are separate blocks.
  * A block held by no tensor's ->grad is garbage once the rule that made it returns
  * (sweep frees those); kvf_grad_hold / kvf_grad_release count the holders. Returns the

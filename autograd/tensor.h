@@ -47,6 +47,8 @@ struct kvf_tensor {
     bool requires_grad;
     struct kvf_tensor *grad; /* same shape, contiguous; NULL until backward reaches it */
     int node;                /* tape node that produced it, -1 for leaves */
+    int64_t born, last_use;  /* ctx clock when recorded as an op's output / last read by a
+                              * recorded op; 0: never (tape.c; orders uses across tapes) */
     const char *name;        /* parameter name or NULL */
 };
 typedef struct kvf_tensor kvf_tensor;

@@ -229,6 +229,28 @@ START_TEST(views_share_gradient_bitwise) {
 }
 END_TEST
 
+/* Adds whose operands may share the output's gradient (ops_math.c): residual chains,
+ * where both operands take it, and orders where sharing both would let a later reader of
+ * x add into b's gradient before b's producer reads it (c = 3x recorded after b). */
+static kvf_tensor *f_adds(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    kvf_tensor *x = in[0], *z = in[1], *h = x;
+    for (int i = 0; i < 3; i++) h = kvf_add(ctx, h, kvf_exp(ctx, kvf_scale(ctx, h, 0.3)));
+    kvf_tensor *b = kvf_exp(ctx, z);
+    kvf_tensor *c = kvf_scale(ctx, x, 3.0);
+    kvf_tensor *y = kvf_add(ctx, x, b), *y2 = kvf_add(ctx, kvf_exp(ctx, c), x);
+    kvf_tensor *twice = kvf_add(ctx, b, b);
+    return kvf_add(ctx, kvf_add(ctx, kvf_add(ctx, h, y), kvf_add(ctx, c, y2)), twice);
+}
+
+START_TEST(add_shares_gradient) {
+    struct gc_input in[2];
+    gc_input_randn(&in[0], &rng, 0.5, 2, (int64_t[]){5, 4});
+    gc_input_randn(&in[1], &rng, 0.5, 2, (int64_t[]){5, 4});
+    ck_assert(kvf_gradcheck("adds", f_adds, NULL, 2, in, NULL));
+    gc_inputs_free(2, in);
+}
+END_TEST
+
 static kvf_tensor *f_cast(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     /* f64 → f32 → back: gradients cross dtypes */
     kvf_dtype other = in[0]->dtype == KVF_DTYPE_F64 ? KVF_DTYPE_F32 : KVF_DTYPE_F64;
@@ -257,6 +279,7 @@ int main(void) {
     tcase_add_test(tc, swiglu_grad);
     tcase_add_test(tc, views_grad);
     tcase_add_test(tc, views_share_gradient_bitwise);
+    tcase_add_test(tc, add_shares_gradient);
     tcase_add_test(tc, cast_grad);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
