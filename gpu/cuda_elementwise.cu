@@ -7,6 +7,8 @@
  * double so that f32 results round exactly like the CPU reference. */
 #include <math.h>
 
+#include <initializer_list>
+
 #include "cuda_common.h"
 
 #define EW_THREADS 256
@@ -17,6 +19,110 @@ static bool all_contig_same(const kvf_tensor *o, const kvf_tensor *a, const kvf_
     if (b && (!kvf_tensor_is_contiguous(b) || !kvf_tensor_same_shape(o, b))) return false;
     return true;
 }
+
+/* ---- 16-byte vectorized flat paths ------------------------------------------------------------
+ * Flat (contiguous, same-shape) operands move as 16-byte words: 4 f32 or 8 bf16 per word,
+ * U words per operand per thread and step, all loads of a step issued before its stores
+ * (so several independent 16-byte loads are in flight per thread; an output that aliases
+ * an input element for element is still read before it is written, by the same thread).
+ * Pointers need not be 16-byte aligned, only alike: the first `head` elements (head < the
+ * group, chosen on the host so that every operand is 16-byte aligned after it) and the tail
+ * that does not fill a group go one at a time, through the same per-element math. When no
+ * head works (e.g. a bf16 view at an odd element offset next to an aligned one) the scalar
+ * kernels are used. The per-element math (same f32 formulas, SCALE in double) and its single
+ * rounding on store are the scalar kernels'; only FMA contraction may differ (rounding noise). */
+
+#define VEC_THREADS 256
+
+template <class T> struct vec_t;
+template <> struct vec_t<float> {
+    typedef float4 W;
+    enum { N = 4 };
+};
+template <> struct vec_t<__nv_bfloat16> {
+    typedef uint4 W;
+    enum { N = 8 };
+};
+
+__device__ __forceinline__ float4 vld(const float *p) { return *(const float4 *)p; }
+__device__ __forceinline__ uint4 vld(const __nv_bfloat16 *p) { return *(const uint4 *)p; }
+/* Stores through __stwb (st.global.wb.v4, the default cache policy): a plain assignment of
+ * the packed word is split by nvcc into 4 scalar stores. Its "memory" clobber keeps later
+ * loads after the store, as the aliasing of out and a needs. */
+__device__ __forceinline__ void vst(float *p, float4 w) { __stwb((float4 *)p, w); }
+__device__ __forceinline__ void vst(__nv_bfloat16 *p, uint4 w) { __stwb((uint4 *)p, w); }
+
+/* Widen a word to f32 (bf16 → f32 is exact: the bits shifted up, as __bfloat162float). */
+__device__ __forceinline__ void vunpack(const float4 &w, float *f) {
+    f[0] = w.x;
+    f[1] = w.y;
+    f[2] = w.z;
+    f[3] = w.w;
+}
+__device__ __forceinline__ void bf2_unpack(uint32_t u, float *f) {
+    f[0] = __uint_as_float(u << 16);         /* the lower address: element 2i */
+    f[1] = __uint_as_float(u & 0xffff0000u); /* element 2i + 1 */
+}
+__device__ __forceinline__ void vunpack(const uint4 &w, float *f) {
+    bf2_unpack(w.x, f);
+    bf2_unpack(w.y, f + 2);
+    bf2_unpack(w.z, f + 4);
+    bf2_unpack(w.w, f + 6);
+}
+/* Two f32 → two bf16 (round to nearest even, as __float2bfloat16_rn), lo at the lower address. */
+__device__ __forceinline__ uint32_t bf2_pack(float lo, float hi) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+__device__ __forceinline__ float4 vpack4(const float *f) { return make_float4(f[0], f[1], f[2], f[3]); }
+__device__ __forceinline__ void vpack(float4 &w, const float *f) { w = vpack4(f); }
+__device__ __forceinline__ void vpack(uint4 &w, const float *f) {
+    w.x = bf2_pack(f[0], f[1]);
+    w.y = bf2_pack(f[2], f[3]);
+    w.z = bf2_pack(f[4], f[5]);
+    w.w = bf2_pack(f[6], f[7]);
+}
+
+struct vec_ptr {
+    const void *p; /* NULL: not an operand */
+    size_t esize;
+};
+
+/* The head: the smallest h < group such that every operand p + h·esize is 16-byte aligned
+ * (at most n), or -1 when there is none. Advancing by whole groups keeps the alignment, as
+ * group·esize is a multiple of 16 for every operand. */
+static int vec_head(int64_t n, int group, std::initializer_list<vec_ptr> ops) {
+    for (int h = 0; h < group; h++) {
+        bool ok = true;
+        for (const vec_ptr &q : ops)
+            if (q.p && ((uintptr_t)q.p + (uintptr_t)h * q.esize) % 16 != 0) ok = false;
+        if (ok) return (int64_t)h < n ? h : (int)n;
+    }
+    return -1;
+}
+
+/* Blocks of VEC_THREADS for nv groups, `per_thread` groups per thread and step: one step
+ * per thread while that fits in 32 blocks per SM, a grid-stride loop beyond. */
+static unsigned vec_blocks(int64_t nv, int per_thread) {
+    int64_t per_block = (int64_t)VEC_THREADS * per_thread;
+    int64_t b = (nv + per_block - 1) / per_block;
+    int64_t cap = (int64_t)kvf_cuda_dev()->sm_count * 32;
+    if (b > cap) b = cap;
+    return (unsigned)(b > 0 ? b : 1);
+}
+
+/* Loop over the elements done one at a time: [0, head) and the tail [head + nv·N, n).
+ * Every thread of the grid takes part (there are fewer than 2·N of them). */
+#define VEC_SCALAR_FOR(e, n, head, nvN)                                                       \
+    for (int64_t s_ = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, e;                     \
+         s_ < (n) - (nvN) && ((e = s_ < (head) ? s_ : s_ + (nvN)), true);                     \
+         s_ += (int64_t)gridDim.x * blockDim.x)
+
+/* Loop over this thread's steps: v0 is its first group of a step, its others are
+ * v0 + j·blockDim.x for j < U (coalesced: a warp reads 32 consecutive words). */
+#define VEC_STEP_FOR(v0, nv, U)                                                               \
+    for (int64_t v0 = blockIdx.x * (int64_t)blockDim.x * (U) + threadIdx.x; v0 < (nv);        \
+         v0 += (int64_t)gridDim.x * blockDim.x * (U))
 
 /* ---- copy ------------------------------------------------------------------------------------ */
 
@@ -78,6 +184,60 @@ __global__ void k_bf16_to_f32(float *d, const __nv_bfloat16 *s, int64_t n) {
         d[e] = __bfloat162float(s[e]);
 }
 
+/* The same, vectorized: groups of 8 elements (two float4 ↔ one uint4 of bf16). */
+#define F2B_U 2 /* groups per thread and step: 4 float4 loads in flight */
+#define B2F_U 4 /* 4 uint4 loads in flight */
+__global__ void __launch_bounds__(VEC_THREADS) k_f32_to_bf16_vec(__nv_bfloat16 *d, const float *s,
+                                                                 int64_t n, int head) {
+    const int64_t nv = (n - head) / 8;
+    VEC_SCALAR_FOR(e, n, head, nv * 8) d[e] = __float2bfloat16_rn(s[e]);
+    d += head;
+    s += head;
+    VEC_STEP_FOR(v0, nv, F2B_U) {
+        float4 w[F2B_U][2];
+#pragma unroll
+        for (int j = 0; j < F2B_U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                w[j][0] = vld(s + v * 8);
+                w[j][1] = vld(s + v * 8 + 4);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < F2B_U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv)
+                vst(d + v * 8, make_uint4(bf2_pack(w[j][0].x, w[j][0].y), bf2_pack(w[j][0].z, w[j][0].w),
+                                          bf2_pack(w[j][1].x, w[j][1].y), bf2_pack(w[j][1].z, w[j][1].w)));
+        }
+    }
+}
+__global__ void __launch_bounds__(VEC_THREADS) k_bf16_to_f32_vec(float *d, const __nv_bfloat16 *s,
+                                                                 int64_t n, int head) {
+    const int64_t nv = (n - head) / 8;
+    VEC_SCALAR_FOR(e, n, head, nv * 8) d[e] = __bfloat162float(s[e]);
+    d += head;
+    s += head;
+    VEC_STEP_FOR(v0, nv, B2F_U) {
+        uint4 w[B2F_U];
+#pragma unroll
+        for (int j = 0; j < B2F_U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) w[j] = vld(s + v * 8);
+        }
+#pragma unroll
+        for (int j = 0; j < B2F_U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                float f[8];
+                vunpack(w[j], f);
+                vst(d + v * 8, vpack4(f));
+                vst(d + v * 8 + 4, vpack4(f + 4));
+            }
+        }
+    }
+}
+
 kvf_status kvf_cuda_copy(kvf_tensor *dst, const kvf_tensor *src) {
     if (!kvf_tensor_same_shape(dst, src))
         return kvf_error_set(KVF_ERR_SHAPE, "copy: %s into %s", KVF_CDESC(src), KVF_CDESC(dst));
@@ -99,14 +259,26 @@ kvf_status kvf_cuda_copy(kvf_tensor *dst, const kvf_tensor *src) {
     unsigned blocks = kvf_cuda_blocks(n, EW_THREADS);
     if (kvf_tensor_is_contiguous(dst) && kvf_tensor_is_contiguous(src)) {
         if (dst->dtype == KVF_DTYPE_BF16 && src->dtype == KVF_DTYPE_F32) {
-            k_f32_to_bf16<<<blocks, EW_THREADS, 0, KVF_STREAM>>>(
-                (__nv_bfloat16 *)kvf_tensor_data(dst), (const float *)kvf_tensor_data(src), n);
+            __nv_bfloat16 *d = (__nv_bfloat16 *)kvf_tensor_data(dst);
+            const float *s = (const float *)kvf_tensor_data(src);
+            int head = vec_head(n, 8, {{d, 2}, {s, 4}});
+            if (head >= 0)
+                k_f32_to_bf16_vec<<<vec_blocks((n - head) / 8, F2B_U), VEC_THREADS, 0, KVF_STREAM>>>(
+                    d, s, n, head);
+            else
+                k_f32_to_bf16<<<blocks, EW_THREADS, 0, KVF_STREAM>>>(d, s, n);
             KVF_LAUNCH("f32_to_bf16", "copy %s into %s", KVF_CDESC(src), KVF_CDESC(dst));
             return KVF_OK;
         }
         if (dst->dtype == KVF_DTYPE_F32 && src->dtype == KVF_DTYPE_BF16) {
-            k_bf16_to_f32<<<blocks, EW_THREADS, 0, KVF_STREAM>>>(
-                (float *)kvf_tensor_data(dst), (const __nv_bfloat16 *)kvf_tensor_data(src), n);
+            float *d = (float *)kvf_tensor_data(dst);
+            const __nv_bfloat16 *s = (const __nv_bfloat16 *)kvf_tensor_data(src);
+            int head = vec_head(n, 8, {{d, 4}, {s, 2}});
+            if (head >= 0)
+                k_bf16_to_f32_vec<<<vec_blocks((n - head) / 8, B2F_U), VEC_THREADS, 0, KVF_STREAM>>>(
+                    d, s, n, head);
+            else
+                k_bf16_to_f32<<<blocks, EW_THREADS, 0, KVF_STREAM>>>(d, s, n);
             KVF_LAUNCH("bf16_to_f32", "copy %s into %s", KVF_CDESC(src), KVF_CDESC(dst));
             return KVF_OK;
         }
@@ -147,6 +319,46 @@ __global__ void k_binary_flat(int op, T *o, const T *a, const T *b, int64_t n) {
         kvf_st(o + e, binop_apply(op, kvf_ld(a + e), kvf_ld(b + e)));
 }
 
+/* 16 elements per thread and step: 4 words of f32, 2 of bf16, per operand. */
+#define VEC_U(T) (16 / vec_t<T>::N)
+
+template <class T, int OP>
+__global__ void __launch_bounds__(VEC_THREADS) k_binary_vec(T *o, const T *a, const T *b,
+                                                            int64_t n, int head) {
+    constexpr int N = vec_t<T>::N, U = VEC_U(T);
+    typedef typename vec_t<T>::W W;
+    const int64_t nv = (n - head) / N;
+    VEC_SCALAR_FOR(e, n, head, nv * N) kvf_st(o + e, binop_apply(OP, kvf_ld(a + e), kvf_ld(b + e)));
+    o += head;
+    a += head;
+    b += head;
+    VEC_STEP_FOR(v0, nv, U) {
+        W wa[U], wb[U];
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                wa[j] = vld(a + v * N);
+                wb[j] = vld(b + v * N);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                float fa[N], fb[N];
+                vunpack(wa[j], fa);
+                vunpack(wb[j], fb);
+#pragma unroll
+                for (int i = 0; i < N; i++) fa[i] = binop_apply(OP, fa[i], fb[i]);
+                W r;
+                vpack(r, fa);
+                vst(o + v * N, r);
+            }
+        }
+    }
+}
+
 template <class T>
 __global__ void k_binary_strided(int op, kvf_view4 o, kvf_view4 a, kvf_view4 b, int64_t n) {
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
@@ -164,9 +376,21 @@ static kvf_status binary_t(kvf_binop op, kvf_tensor *out, const kvf_tensor *a,
     if (n == 0) return KVF_OK;
     unsigned blocks = kvf_cuda_blocks(n, EW_THREADS);
     if (all_contig_same(out, a, b)) {
-        k_binary_flat<T><<<blocks, EW_THREADS, 0, KVF_STREAM>>>(
-            (int)op, (T *)kvf_tensor_data(out), (const T *)kvf_tensor_data(a),
-            (const T *)kvf_tensor_data(b), n);
+        T *po = (T *)kvf_tensor_data(out);
+        const T *pa = (const T *)kvf_tensor_data(a), *pb = (const T *)kvf_tensor_data(b);
+        int head = vec_head(n, vec_t<T>::N, {{po, sizeof(T)}, {pa, sizeof(T)}, {pb, sizeof(T)}});
+        unsigned vblocks = head >= 0 ? vec_blocks((n - head) / vec_t<T>::N, VEC_U(T)) : 0;
+        switch (head >= 0 ? (int)op : -1) {
+#define BINARY_VEC(OP)                                                                        \
+    case OP: k_binary_vec<T, OP><<<vblocks, VEC_THREADS, 0, KVF_STREAM>>>(po, pa, pb, n, head); break;
+            BINARY_VEC(KVF_BINOP_ADD)
+            BINARY_VEC(KVF_BINOP_SUB)
+            BINARY_VEC(KVF_BINOP_MUL)
+            BINARY_VEC(KVF_BINOP_DIV)
+#undef BINARY_VEC
+        default: /* unaligned operands (or an unknown op: NaN, as binop_apply) */
+            k_binary_flat<T><<<blocks, EW_THREADS, 0, KVF_STREAM>>>((int)op, po, pa, pb, n);
+        }
     } else {
         k_binary_strided<T><<<blocks, EW_THREADS, 0, KVF_STREAM>>>(
             (int)op, kvf_cuda_view(out), kvf_cuda_view(a), kvf_cuda_view(b), n);
@@ -240,6 +464,44 @@ __global__ void k_unary_flat(int op, double alpha, T *o, const T *x, int64_t n) 
     }
 }
 
+template <class T, int OP>
+__device__ __forceinline__ float unary_one(double alpha, float v) {
+    return OP == KVF_UNOP_SCALE ? (float)(alpha * (double)v) : unop_apply(OP, v);
+}
+
+/* k_unary_flat, vectorized, the op a template argument. */
+template <class T, int OP>
+__global__ void __launch_bounds__(VEC_THREADS) k_unary_vec(double alpha, T *o, const T *x,
+                                                           int64_t n, int head) {
+    constexpr int N = vec_t<T>::N, U = VEC_U(T);
+    typedef typename vec_t<T>::W W;
+    const int64_t nv = (n - head) / N;
+    VEC_SCALAR_FOR(e, n, head, nv * N) kvf_st(o + e, unary_one<T, OP>(alpha, kvf_ld(x + e)));
+    o += head;
+    x += head;
+    VEC_STEP_FOR(v0, nv, U) {
+        W wx[U];
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) wx[j] = vld(x + v * N);
+        }
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                float f[N];
+                vunpack(wx[j], f);
+#pragma unroll
+                for (int i = 0; i < N; i++) f[i] = unary_one<T, OP>(alpha, f[i]);
+                W r;
+                vpack(r, f);
+                vst(o + v * N, r);
+            }
+        }
+    }
+}
+
 /* dx += f'(x)·dy; x unused for SCALE. */
 template <class T>
 __global__ void k_unary_bw(int op, double alpha, kvf_view4 dx, kvf_view4 x, kvf_view4 dy,
@@ -259,14 +521,80 @@ __global__ void k_unary_bw(int op, double alpha, kvf_view4 dx, kvf_view4 x, kvf_
     }
 }
 
+/* The backward over flat operands, vectorized: dx += f'(x)·dy as k_unary_bw (x not read
+ * for SCALE, and may be NULL then). */
+template <class T, int OP>
+__device__ __forceinline__ float unary_bw_one(double alpha, float v, float g, float old) {
+    float c = OP == KVF_UNOP_SCALE ? (float)(alpha * (double)g) : unop_deriv(OP, v) * g;
+    return old + c;
+}
+
+template <class T, int OP>
+__global__ void __launch_bounds__(VEC_THREADS) k_unary_bw_vec(double alpha, T *dx, const T *x,
+                                                              const T *dy, int64_t n, int head) {
+    constexpr int N = vec_t<T>::N, U = VEC_U(T);
+    constexpr bool HAS_X = OP != KVF_UNOP_SCALE;
+    typedef typename vec_t<T>::W W;
+    const int64_t nv = (n - head) / N;
+    VEC_SCALAR_FOR(e, n, head, nv * N)
+        kvf_st(dx + e, unary_bw_one<T, OP>(alpha, HAS_X ? kvf_ld(x + e) : 0.0f, kvf_ld(dy + e),
+                                           kvf_ld(dx + e)));
+    dx += head;
+    dy += head;
+    if (HAS_X) x += head;
+    VEC_STEP_FOR(v0, nv, U) {
+        W wx[U], wg[U], wd[U];
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                if (HAS_X) wx[j] = vld(x + v * N);
+                wg[j] = vld(dy + v * N);
+                wd[j] = vld(dx + v * N);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                float fx[N], fg[N], fd[N];
+                if (HAS_X) vunpack(wx[j], fx);
+                vunpack(wg[j], fg);
+                vunpack(wd[j], fd);
+#pragma unroll
+                for (int i = 0; i < N; i++)
+                    fd[i] = unary_bw_one<T, OP>(alpha, HAS_X ? fx[i] : 0.0f, fg[i], fd[i]);
+                W r;
+                vpack(r, fd);
+                vst(dx + v * N, r);
+            }
+        }
+    }
+}
+
+#define UNARY_OPS(X)                                                                          \
+    X(KVF_UNOP_SCALE) X(KVF_UNOP_EXP) X(KVF_UNOP_LOG) X(KVF_UNOP_SILU) X(KVF_UNOP_GELU_TANH)     \
+    X(KVF_UNOP_GELU_ERF)
+
 template <class T>
 static kvf_status unary_t(kvf_unop op, kvf_tensor *out, const kvf_tensor *x, double alpha) {
     int64_t n = kvf_tensor_numel(out);
     if (n == 0) return KVF_OK;
-    if (all_contig_same(out, x, NULL)) /* e.g. gradient clipping over the flat buffer */
-        k_unary_flat<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
-            (int)op, alpha, (T *)kvf_tensor_data(out), (const T *)kvf_tensor_data(x), n);
-    else
+    if (all_contig_same(out, x, NULL)) { /* e.g. gradient clipping over the flat buffer */
+        T *po = (T *)kvf_tensor_data(out);
+        const T *px = (const T *)kvf_tensor_data(x);
+        int head = vec_head(n, vec_t<T>::N, {{po, sizeof(T)}, {px, sizeof(T)}});
+        unsigned vblocks = head >= 0 ? vec_blocks((n - head) / vec_t<T>::N, VEC_U(T)) : 0;
+        switch (head >= 0 ? (int)op : -1) {
+#define UNARY_VEC(OP)                                                                         \
+    case OP: k_unary_vec<T, OP><<<vblocks, VEC_THREADS, 0, KVF_STREAM>>>(alpha, po, px, n, head); break;
+            UNARY_OPS(UNARY_VEC)
+#undef UNARY_VEC
+        default: /* unaligned operands */
+            k_unary_flat<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
+                (int)op, alpha, po, px, n);
+        }
+    } else
         k_unary<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
             (int)op, alpha, kvf_cuda_view(out), kvf_cuda_view(x), n);
     KVF_LAUNCH("unary", "unary op %d on %s", (int)op, KVF_CDESC(out));
@@ -287,6 +615,27 @@ static kvf_status unary_bw_t(kvf_unop op, kvf_tensor *dx, const kvf_tensor *x,
                              const kvf_tensor *dy, double alpha) {
     int64_t n = kvf_tensor_numel(dx);
     if (n == 0) return KVF_OK;
+    if (all_contig_same(dx, dy, x)) {
+        T *pd = (T *)kvf_tensor_data(dx);
+        const T *pg = (const T *)kvf_tensor_data(dy);
+        const T *px = x && op != KVF_UNOP_SCALE ? (const T *)kvf_tensor_data(x) : NULL;
+        int head = vec_head(n, vec_t<T>::N, {{pd, sizeof(T)}, {pg, sizeof(T)}, {px, sizeof(T)}});
+        unsigned vblocks = head >= 0 ? vec_blocks((n - head) / vec_t<T>::N, VEC_U(T)) : 0;
+        bool launched = true;
+        switch (head >= 0 ? (int)op : -1) {
+#define UNARY_BW_VEC(OP)                                                                      \
+    case OP:                                                                                  \
+        k_unary_bw_vec<T, OP><<<vblocks, VEC_THREADS, 0, KVF_STREAM>>>(alpha, pd, px, pg, n, head); \
+        break;
+            UNARY_OPS(UNARY_BW_VEC)
+#undef UNARY_BW_VEC
+        default: launched = false; /* unaligned operands (or an unknown op): the strided kernel */
+        }
+        if (launched) {
+            KVF_LAUNCH("unary_backward", "unary_backward op %d on %s", (int)op, KVF_CDESC(dx));
+            return KVF_OK;
+        }
+    }
     kvf_view4 xv = kvf_cuda_view(x ? x : dy);
     k_unary_bw<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
         (int)op, alpha, kvf_cuda_view(dx), xv, kvf_cuda_view(dy), n);
@@ -487,13 +836,138 @@ __global__ void k_swiglu_bw(T *dg, T *du, const T *g, const T *u, const T *d, in
     }
 }
 
+/* k_swiglu, vectorized. */
+template <class T>
+__global__ void __launch_bounds__(VEC_THREADS) k_swiglu_vec(T *o, const T *g, const T *u,
+                                                            int64_t n, int head) {
+    constexpr int N = vec_t<T>::N, U = VEC_U(T);
+    typedef typename vec_t<T>::W W;
+    const int64_t nv = (n - head) / N;
+    VEC_SCALAR_FOR(e, n, head, nv * N) {
+        float x = kvf_ld(g + e);
+        kvf_st(o + e, x * sigmoidf_(x) * kvf_ld(u + e));
+    }
+    o += head;
+    g += head;
+    u += head;
+    VEC_STEP_FOR(v0, nv, U) {
+        W wg[U], wu[U];
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                wg[j] = vld(g + v * N);
+                wu[j] = vld(u + v * N);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                float fg[N], fu[N];
+                vunpack(wg[j], fg);
+                vunpack(wu[j], fu);
+#pragma unroll
+                for (int i = 0; i < N; i++) {
+                    float x = fg[i];
+                    fg[i] = x * sigmoidf_(x) * fu[i];
+                }
+                W r;
+                vpack(r, fg);
+                vst(o + v * N, r);
+            }
+        }
+    }
+}
+
+/* k_swiglu_bw, vectorized: dgate += dout·up·silu'(gate), dup += dout·silu(gate), each
+ * read before it is written (the backward accumulates); NULL: not wanted, and then its
+ * inputs (up for dgate) are not read. */
+#define SWIGLU_BW_U(T) 2 /* words per operand per thread and step (5 operands: ~68 regs, no spills) */
+template <class T>
+__global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, const T *g,
+                                                               const T *u, const T *d, int64_t n,
+                                                               int head) {
+    constexpr int N = vec_t<T>::N, U = SWIGLU_BW_U(T);
+    typedef typename vec_t<T>::W W;
+    const int64_t nv = (n - head) / N;
+    VEC_SCALAR_FOR(e, n, head, nv * N) {
+        float x = kvf_ld(g + e), s = sigmoidf_(x), dy = kvf_ld(d + e);
+        if (dg) kvf_st(dg + e, kvf_ld(dg + e) + dy * kvf_ld(u + e) * s * (1.0f + x * (1.0f - s)));
+        if (du) kvf_st(du + e, kvf_ld(du + e) + dy * x * s);
+    }
+    if (dg) dg += head;
+    if (du) du += head;
+    g += head;
+    u += head;
+    d += head;
+    VEC_STEP_FOR(v0, nv, U) {
+        W wg[U], wd[U], wu[U], wdg[U], wdu[U];
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                wg[j] = vld(g + v * N);
+                wd[j] = vld(d + v * N);
+                if (dg) {
+                    wu[j] = vld(u + v * N);
+                    wdg[j] = vld(dg + v * N);
+                }
+                if (du) wdu[j] = vld(du + v * N);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int64_t v = v0 + (int64_t)j * blockDim.x;
+            if (v < nv) {
+                float fg[N], fd[N];
+                vunpack(wg[j], fg);
+                vunpack(wd[j], fd);
+                float s[N];
+#pragma unroll
+                for (int i = 0; i < N; i++) s[i] = sigmoidf_(fg[i]);
+                if (dg) {
+                    float fu[N], fo[N];
+                    vunpack(wu[j], fu);
+                    vunpack(wdg[j], fo);
+#pragma unroll
+                    for (int i = 0; i < N; i++) {
+                        float x = fg[i], dy = fd[i];
+                        fo[i] = fo[i] + dy * fu[i] * s[i] * (1.0f + x * (1.0f - s[i]));
+                    }
+                    W r;
+                    vpack(r, fo);
+                    vst(dg + v * N, r);
+                }
+                if (du) {
+                    float fo[N];
+                    vunpack(wdu[j], fo);
+#pragma unroll
+                    for (int i = 0; i < N; i++) {
+                        float x = fg[i], dy = fd[i];
+                        fo[i] = fo[i] + dy * x * s[i];
+                    }
+                    W r;
+                    vpack(r, fo);
+                    vst(du + v * N, r);
+                }
+            }
+        }
+    }
+}
+
 template <class T>
 static kvf_status swiglu_t(kvf_tensor *out, const kvf_tensor *gate, const kvf_tensor *up) {
     int64_t n = kvf_tensor_numel(out);
     if (n == 0) return KVF_OK;
-    k_swiglu<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
-        (T *)kvf_tensor_data(out), (const T *)kvf_tensor_data(gate),
-        (const T *)kvf_tensor_data(up), n);
+    T *po = (T *)kvf_tensor_data(out);
+    const T *pg = (const T *)kvf_tensor_data(gate), *pu = (const T *)kvf_tensor_data(up);
+    int head = vec_head(n, vec_t<T>::N, {{po, sizeof(T)}, {pg, sizeof(T)}, {pu, sizeof(T)}});
+    if (head >= 0)
+        k_swiglu_vec<T><<<vec_blocks((n - head) / vec_t<T>::N, VEC_U(T)), VEC_THREADS, 0,
+                          KVF_STREAM>>>(po, pg, pu, n, head);
+    else
+        k_swiglu<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(po, pg, pu, n);
     KVF_LAUNCH("swiglu", "swiglu %s", KVF_CDESC(out));
     return KVF_OK;
 }
@@ -510,10 +984,17 @@ static kvf_status swiglu_bw_t(kvf_tensor *dgate, kvf_tensor *dup, const kvf_tens
                               const kvf_tensor *up, const kvf_tensor *dout) {
     int64_t n = kvf_tensor_numel(dout);
     if (n == 0 || (!dgate && !dup)) return KVF_OK;
-    k_swiglu_bw<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
-        dgate ? (T *)kvf_tensor_data(dgate) : NULL, dup ? (T *)kvf_tensor_data(dup) : NULL,
-        (const T *)kvf_tensor_data(gate), (const T *)kvf_tensor_data(up),
-        (const T *)kvf_tensor_data(dout), n);
+    T *pdg = dgate ? (T *)kvf_tensor_data(dgate) : NULL, *pdu = dup ? (T *)kvf_tensor_data(dup) : NULL;
+    const T *pg = (const T *)kvf_tensor_data(gate), *pu = (const T *)kvf_tensor_data(up),
+            *pd = (const T *)kvf_tensor_data(dout);
+    int head = vec_head(n, vec_t<T>::N, {{pdg, sizeof(T)}, {pdu, sizeof(T)}, {pg, sizeof(T)},
+                                         {pdg ? pu : NULL, sizeof(T)}, {pd, sizeof(T)}});
+    if (head >= 0)
+        k_swiglu_bw_vec<T><<<vec_blocks((n - head) / vec_t<T>::N, SWIGLU_BW_U(T)),
+                             VEC_THREADS, 0, KVF_STREAM>>>(pdg, pdu, pg, pu, pd, n, head);
+    else
+        k_swiglu_bw<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
+            pdg, pdu, pg, pu, pd, n);
     KVF_LAUNCH("swiglu_backward", "swiglu_backward %s", KVF_CDESC(dout));
     return KVF_OK;
 }
