@@ -163,7 +163,7 @@ struct kvf_backend {
     kvf_status (*embedding_backward)(kvf_tensor *dweight, const kvf_tensor *ids,
                                      const kvf_tensor *dout);
 
-    /* out = silu(gate) · up, all [N]. */
+    /* out = silu(gate) · up, all [N]. The backward overwrites dgate/dup (NULL: not wanted). */
     kvf_status (*swiglu)(kvf_tensor *out, const kvf_tensor *gate, const kvf_tensor *up);
     kvf_status (*swiglu_backward)(kvf_tensor *dgate, kvf_tensor *dup, const kvf_tensor *gate,
                                   const kvf_tensor *up, const kvf_tensor *dout);

@@ -336,8 +336,12 @@ kvf_tensor *kvf_swiglu(kvf_ctx *ctx, kvf_tensor *gate, kvf_tensor *up) {
 }
 
 kvf_status kvf_swiglu_backward(kvf_ctx *ctx, kvf_node *n) {
-    kvf_tensor *gg = n->src[0]->requires_grad ? kvf_grad_get(ctx, n->src[0]) : NULL;
-    kvf_tensor *gu = n->src[1]->requires_grad ? kvf_grad_get(ctx, n->src[1]) : NULL;
-    if (kvf_error_pending()) return kvf_error_code();
-    return kvf_ctx_backend(ctx)->swiglu_backward(gg, gu, n->src[0], n->src[1], n->out->grad);
+    /* the kernel writes; a gradient holding a sum already gets a temporary added in */
+    kvf_tensor *pg, *pu;
+    kvf_tensor *gg = kvf_grad_out(ctx, n->src[0], &pg), *gu = kvf_grad_out(ctx, n->src[1], &pu);
+    if ((n->src[0]->requires_grad && !gg) || (n->src[1]->requires_grad && !gu))
+        return kvf_error_code();
+    KVF_TRY(kvf_ctx_backend(ctx)->swiglu_backward(gg, gu, n->src[0], n->src[1], n->out->grad));
+    KVF_TRY(kvf_grad_finish(ctx, pg, gg));
+    return kvf_grad_finish(ctx, pu, gu);
 }

@@ -826,13 +826,14 @@ __global__ void k_swiglu(T *o, const T *g, const T *u, int64_t n) {
     }
 }
 
+/* The backend contract overwrites dgate/dup; the rule hands over fresh buffers. */
 template <class T>
 __global__ void k_swiglu_bw(T *dg, T *du, const T *g, const T *u, const T *d, int64_t n) {
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
         float x = kvf_ld(g + e), s = sigmoidf_(x), dy = kvf_ld(d + e);
-        if (dg) kvf_st(dg + e, kvf_ld(dg + e) + dy * kvf_ld(u + e) * s * (1.0f + x * (1.0f - s)));
-        if (du) kvf_st(du + e, kvf_ld(du + e) + dy * x * s);
+        if (dg) kvf_st(dg + e, dy * kvf_ld(u + e) * s * (1.0f + x * (1.0f - s)));
+        if (du) kvf_st(du + e, dy * x * s);
     }
 }
 
@@ -880,10 +881,9 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_vec(T *o, const T *g, co
     }
 }
 
-/* k_swiglu_bw, vectorized: dgate += dout·up·silu'(gate), dup += dout·silu(gate), each
- * read before it is written (the backward accumulates); NULL: not wanted, and then its
- * inputs (up for dgate) are not read. */
-#define SWIGLU_BW_U(T) 2 /* words per operand per thread and step (5 operands: ~68 regs, no spills) */
+/* k_swiglu_bw, vectorized: dgate = dout·up·silu'(gate), dup = dout·silu(gate); NULL: not
+ * wanted, and then its inputs (up for dgate) are not read. */
+#define SWIGLU_BW_U(T) 4 /* words per operand per thread and step */
 template <class T>
 __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, const T *g,
                                                                const T *u, const T *d, int64_t n,
@@ -893,8 +893,8 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, con
     const int64_t nv = (n - head) / N;
     VEC_SCALAR_FOR(e, n, head, nv * N) {
         float x = kvf_ld(g + e), s = sigmoidf_(x), dy = kvf_ld(d + e);
-        if (dg) kvf_st(dg + e, kvf_ld(dg + e) + dy * kvf_ld(u + e) * s * (1.0f + x * (1.0f - s)));
-        if (du) kvf_st(du + e, kvf_ld(du + e) + dy * x * s);
+        if (dg) kvf_st(dg + e, dy * kvf_ld(u + e) * s * (1.0f + x * (1.0f - s)));
+        if (du) kvf_st(du + e, dy * x * s);
     }
     if (dg) dg += head;
     if (du) du += head;
@@ -902,18 +902,14 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, con
     u += head;
     d += head;
     VEC_STEP_FOR(v0, nv, U) {
-        W wg[U], wd[U], wu[U], wdg[U], wdu[U];
+        W wg[U], wd[U], wu[U];
 #pragma unroll
         for (int j = 0; j < U; j++) {
             const int64_t v = v0 + (int64_t)j * blockDim.x;
             if (v < nv) {
                 wg[j] = vld(g + v * N);
                 wd[j] = vld(d + v * N);
-                if (dg) {
-                    wu[j] = vld(u + v * N);
-                    wdg[j] = vld(dg + v * N);
-                }
-                if (du) wdu[j] = vld(du + v * N);
+                if (dg) wu[j] = vld(u + v * N);
             }
         }
 #pragma unroll
@@ -929,11 +925,10 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, con
                 if (dg) {
                     float fu[N], fo[N];
                     vunpack(wu[j], fu);
-                    vunpack(wdg[j], fo);
 #pragma unroll
                     for (int i = 0; i < N; i++) {
                         float x = fg[i], dy = fd[i];
-                        fo[i] = fo[i] + dy * fu[i] * s[i] * (1.0f + x * (1.0f - s[i]));
+                        fo[i] = dy * fu[i] * s[i] * (1.0f + x * (1.0f - s[i]));
                     }
                     W r;
                     vpack(r, fo);
@@ -941,11 +936,10 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, con
                 }
                 if (du) {
                     float fo[N];
-                    vunpack(wdu[j], fo);
 #pragma unroll
                     for (int i = 0; i < N; i++) {
                         float x = fg[i], dy = fd[i];
-                        fo[i] = fo[i] + dy * x * s[i];
+                        fo[i] = dy * x * s[i];
                     }
                     W r;
                     vpack(r, fo);
