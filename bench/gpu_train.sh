@@ -13,7 +13,9 @@
 #      both val losses, and `kvforge eval` of the cuda checkpoint on both devices
 #   5. the PyTorch peer: B=16 STEPS=$STEPS python3 -u $PEER (torch.compile, fused AdamW)
 # then a table: kvforge vs torch tokens/s (ratio) and peak memory per variant.
-# Logs and JSON go to $OUT (default /tmp/kvf_gpu_train). PARTS=test,bench,rc,long,kjv,torch
+#   3c. (part nondet) the same with KVF_CUDNN_DETERMINISTIC=0: cuDNN may sum dQ with atomics,
+#       as PyTorch's SDPA backward does (kvforge's default is bitwise reproducible)
+# Logs and JSON go to $OUT (default /tmp/kvf_gpu_train). PARTS=test,bench,nondet,rc,long,kjv,torch
 # picks steps. Exit status 0 when every step that ran passed.
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -24,7 +26,7 @@ BUILD=${BUILD:-build-gpu}
 PEER=${PEER:-.dev/peer/torch_baseline.py}
 KJV=${KJV:-.dev/kjv.txt}
 STEPS=${STEPS:-20}
-PARTS=${PARTS:-test,bench,rc,long,kjv,torch}
+PARTS=${PARTS:-test,bench,nondet,rc,long,kjv,torch}
 VARIANTS=${VARIANTS:-mha,gqa4,mqa,cla2_mha,sqa_q6kv6,mla_r256}
 mkdir -p "$OUT"
 RUNS=$(mktemp -d /tmp/kvf_gpu_runs.XXXXXX)
@@ -79,6 +81,12 @@ if want bench; then
         --warmup 3 --profile >"$OUT/bench_b16.jsonl" 2>"$OUT/bench.log" || FAILED=1
     cat "$OUT/bench.log"
 fi
+if want nondet; then
+    say "kvf_bench_train B 16 T 1024, cuDNN's non-deterministic attention backward (as torch's)"
+    KVF_CUDNN_DETERMINISTIC=0 timeout 300 "$B/kvf_bench_train" --variants "$VARIANTS" --batch 16 \
+        --seq 1024 --steps "$STEPS" --warmup 3 >"$OUT/bench_b16_nondet.jsonl" 2>"$OUT/bench_nondet.log" || FAILED=1
+    cat "$OUT/bench_nondet.log"
+fi
 if want rc; then
     say "kvf_bench_train B 16 T 1024, --recompute blocks"
     timeout 300 "$B/kvf_bench_train" --variants "$VARIANTS" --batch 16 --seq 1024 --steps "$STEPS" \
@@ -129,17 +137,19 @@ def rows(name):
             if line.startswith("{"):
                 d = json.loads(line); r[d["variant"]] = d
     return r
-k16, k8k = rows("bench_b16.jsonl"), rows("bench_t8192.jsonl")
+k16, k8k, knd = rows("bench_b16.jsonl"), rows("bench_t8192.jsonl"), rows("bench_b16_nondet.jsonl")
 tp = os.path.join(out, "torch_baseline.json")
 t = json.load(open(tp)) if os.path.exists(tp) else {}
-print("| variant | kvforge tok/s | torch tok/s | ratio | kvforge peak GB | torch peak GB | kvforge T8192 B2 tok/s | T8192 peak GB |")
-print("|---|---|---|---|---|---|---|---|")
+print("| variant | kvforge tok/s | torch tok/s | ratio | non-det. tok/s | ratio | kvforge peak GB | torch peak GB | kvforge T8192 B2 tok/s | T8192 peak GB |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for v in ["mha", "gqa4", "mqa", "cla2_mha", "sqa_q6kv6", "mla_r256"]:
     k, tv, l = k16.get(v, {}), t.get(v, {}), k8k.get(v, {})
     kt, tt = k.get("tok_per_s"), tv.get("tok_per_s")
     f = lambda x, fmt: (fmt % x) if isinstance(x, (int, float)) else "-"
     ratio = f(kt / tt, "%.2f") if kt and tt else "-"
-    print(f"| {v} | {f(kt, '%.0f')} | {f(tt, '%.0f')} | {ratio} | {f(k.get('peak_mem_gb'), '%.1f')} | "
+    nd = knd.get(v, {}).get("tok_per_s")
+    rnd = f(nd / tt, "%.2f") if nd and tt else "-"
+    print(f"| {v} | {f(kt, '%.0f')} | {f(tt, '%.0f')} | {ratio} | {f(nd, '%.0f')} | {rnd} | {f(k.get('peak_mem_gb'), '%.1f')} | "
           f"{f(tv.get('peak_mem_gb'), '%.1f')} | {f(l.get('tok_per_s'), '%.0f')} | {f(l.get('peak_mem_gb'), '%.1f')} |")
 EOF
 echo
