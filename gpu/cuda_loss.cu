@@ -7,6 +7,8 @@
  * device (f32 for bf16 logits too, as PyTorch's logits.float() would give): no host
  * synchronisation. Backward reads dloss from the device and recounts the
  * kept rows on the device: dlogits += (exp(x − lse) − onehot)·dloss/count.
+ * Both read the logits in 16-byte vectors (8 bf16 / 4 f32; a row's unaligned head and tail
+ * go element by element), each element once; in place, the backward writes each once.
  *
  * Embedding backward is deterministic without float atomics: the (id, position) pairs
  * are sorted by id with CUB's stable radix sort, so each id's positions stay in ascending
@@ -17,14 +19,62 @@
 
 #include "cuda_common.h"
 
+/* ---- 16-byte vectors (as in cuda_norm.cu) ---------------------------------------------------------- */
+
+template <class T> struct vec16 {
+    static constexpr int n = 16 / (int)sizeof(T);
+};
+
+template <class T> __device__ __forceinline__ void vunpack(const uint4 &r, float *f);
+template <> __device__ __forceinline__ void vunpack<float>(const uint4 &r, float *f) {
+    f[0] = __uint_as_float(r.x);
+    f[1] = __uint_as_float(r.y);
+    f[2] = __uint_as_float(r.z);
+    f[3] = __uint_as_float(r.w);
+}
+template <> __device__ __forceinline__ void vunpack<__nv_bfloat16>(const uint4 &r, float *f) {
+    const unsigned u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
+template <class T> __device__ __forceinline__ uint4 vpack(const float *f);
+template <> __device__ __forceinline__ uint4 vpack<float>(const float *f) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
+                      __float_as_uint(f[3]));
+}
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi); /* .x (lo) at the lower address */
+    return *reinterpret_cast<unsigned *>(&h);
+}
+template <> __device__ __forceinline__ uint4 vpack<__nv_bfloat16>(const float *f) {
+    return make_uint4(pack_bf16x2(f[0], f[1]), pack_bf16x2(f[2], f[3]), pack_bf16x2(f[4], f[5]),
+                      pack_bf16x2(f[6], f[7]));
+}
+
+/* Elements of T before the first 16-byte boundary of a row (at most n): rows are split into
+ * that scalar head, whole 16-byte vectors, and a scalar tail, whatever V and the base. */
+template <class T>
+__device__ __forceinline__ int64_t head_elems(const T *row, int64_t n) {
+    const int64_t h = (int64_t)(((16u - ((unsigned)(uintptr_t)row & 15u)) & 15u) / sizeof(T));
+    return h < n ? h : n;
+}
+
 /* ---- cross-entropy ------------------------------------------------------------------------------ */
 
-/* Combine (m, s) running log-sum-exp pairs: s·exp(m) + s2·exp(m2). */
+/* Combine (m, s) running log-sum-exp pairs: s·exp(m) + s2·exp(m2). A side with m = −inf has
+ * seen only −inf (and NaN) elements, so its s is 0 (or NaN, which must carry on). */
 __device__ __forceinline__ void lse_combine(float &m, float &s, float m2, float s2) {
-    if (m2 == -INFINITY) return;
+    if (m2 == -INFINITY) {
+        s += s2;
+        return;
+    }
     if (m == -INFINITY) {
         m = m2;
-        s = s2;
+        s = s2 + s;
         return;
     }
     if (m2 > m) {
@@ -35,23 +85,79 @@ __device__ __forceinline__ void lse_combine(float &m, float &s, float m2, float 
     }
 }
 
+/* One element into a thread's running (max, Σ exp(x − max)). */
+__device__ __forceinline__ void lse_push(float &m, float &s, float x) {
+    if (x == -INFINITY) return;
+    if (x > m) {
+        s = s * expf(m - x) + 1.0f; /* exp(−inf) = 0 on the first element */
+        m = x;
+    } else {
+        s += expf(x - m);
+    }
+}
+
+/* 2^x on the SFU (ex2.approx.ftz: ~2 ulp; results below 2^−126 flush to 0, which a sum
+ * dominated by exp(0) = 1 cannot see). */
+__device__ __forceinline__ float ex2_fast(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+#define CE_THREADS 256
+#define CE_UNROLL 4 /* 16-byte vectors in flight per thread and step */
+
+/* One block per row: each thread keeps a running (max, sum) over its elements — per step
+ * CE_UNROLL vectors (strided by the block, so a warp reads contiguous 512 bytes per vector),
+ * their max first, one rescale, then exp(x − max) = 2^((x − max)·log2 e) into four partial
+ * sums; the block combines the threads in a fixed order. */
 template <class T>
-__global__ void k_ce_rows(float *lse, float *row_loss, const T *logits, const int32_t *targets,
-                          int64_t V, int64_t ignore_index) {
+__global__ void __launch_bounds__(CE_THREADS) k_ce_rows(float *lse, float *row_loss,
+                                                        const T *logits, const int32_t *targets,
+                                                        int64_t V, int64_t ignore_index) {
+    constexpr int VEC = vec16<T>::n;
     __shared__ float shm[32], shs[32];
     const int64_t row = blockIdx.x;
     const T *xr = logits + row * V;
+    const int64_t head = head_elems(xr, V), nvec = (V - head) / VEC, tail = head + nvec * VEC;
     float m = -INFINITY, s = 0.0f;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-        const float x = kvf_ld(xr + j);
-        if (x == -INFINITY) continue;
-        if (x > m) {
-            s = s * expf(m - x) + 1.0f; /* exp(−inf) = 0 on the first element */
-            m = x;
-        } else {
-            s += expf(x - m);
+    for (int64_t j = threadIdx.x; j < head; j += blockDim.x) lse_push(m, s, kvf_ld(xr + j));
+    const uint4 *xv = reinterpret_cast<const uint4 *>(xr + head);
+    const float L2E = 1.4426950408889634f;
+    for (int64_t v0 = threadIdx.x; v0 < nvec; v0 += CE_UNROLL * (int64_t)blockDim.x) {
+        uint4 raw[CE_UNROLL];
+#pragma unroll
+        for (int u = 0; u < CE_UNROLL; u++) {
+            const int64_t v = v0 + u * (int64_t)blockDim.x;
+            /* 0xff80 / 0xff800000: −inf (bf16 / f32), which adds nothing */
+            raw[u] = v < nvec ? xv[v]
+                              : (sizeof(T) == 2 ? make_uint4(0xff80ff80u, 0xff80ff80u, 0xff80ff80u,
+                                                             0xff80ff80u)
+                                                : make_uint4(0xff800000u, 0xff800000u,
+                                                             0xff800000u, 0xff800000u));
         }
+        float f[CE_UNROLL][VEC];
+#pragma unroll
+        for (int u = 0; u < CE_UNROLL; u++) vunpack<T>(raw[u], f[u]);
+        float cm = f[0][0];
+#pragma unroll
+        for (int u = 0; u < CE_UNROLL; u++)
+#pragma unroll
+            for (int e = 0; e < VEC; e++) cm = fmaxf(cm, f[u][e]); /* NaN-ignoring, like fmax */
+        if (cm > m) {
+            s *= expf(m - cm); /* m = −inf: s is 0 (or NaN) and stays so */
+            m = cm;
+        }
+        /* m = −inf: every element so far is −inf (→ 2^−inf = 0) or NaN (→ NaN) */
+        const float mm = m == -INFINITY ? 0.0f : m;
+        float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int u = 0; u < CE_UNROLL; u++)
+#pragma unroll
+            for (int e = 0; e < VEC; e++) a[e & 3] += ex2_fast((f[u][e] - mm) * L2E);
+        s += (a[0] + a[1]) + (a[2] + a[3]);
     }
+    for (int64_t j = tail + threadIdx.x; j < V; j += blockDim.x) lse_push(m, s, kvf_ld(xr + j));
     /* warp: xor butterfly (commutative combine: all lanes agree), then warps in order */
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -110,7 +216,10 @@ static kvf_status ce_t(kvf_tensor *loss, kvf_tensor *lse, const kvf_tensor *logi
     if (N > 0) {
         float *row = (float *)kvf_cuda_scratch(sizeof(float) * (size_t)N, "cross_entropy");
         if (!row) return kvf_error_code();
-        k_ce_rows<T><<<(unsigned)N, kvf_row_threads(V), 0, KVF_STREAM>>>(
+        if (N > INT32_MAX)
+            return kvf_error_set(KVF_ERR_SHAPE, "cross_entropy: %s has too many rows for the "
+                                 "kernel's grid", KVF_CDESC(logits));
+        k_ce_rows<T><<<(unsigned)N, CE_THREADS, 0, KVF_STREAM>>>(
             (float *)kvf_tensor_data(lse), row, (const T *)kvf_tensor_data(logits),
             (const int32_t *)kvf_tensor_data(targets), V, ignore_index);
         KVF_LAUNCH("ce_rows", "cross_entropy %s", KVF_CDESC(logits));
@@ -153,29 +262,71 @@ __global__ void k_ce_count(int64_t *count, const int32_t *targets, int64_t N, in
     if (threadIdx.x == 0) *count = sh[0];
 }
 
-#define CE_BW_COLS 1024 /* columns per block (256 threads × 4) */
-
-/* INPLACE: dl == logits, overwritten with 0 + g·p (what the accumulating form stores into
- * a zeroed buffer) and zeroed in ignored rows; each thread reads its element before it
- * writes it, so the aliasing is safe. */
+/* dl[row] (+)= (exp(x − lse) − onehot)·g with g = dloss/count, for the elements [0, V) of a
+ * row split like the forward's (scalar head, 16-byte vectors, scalar tail) and spread over
+ * the gridDim.y blocks of the row. INPLACE: dl == logits, overwritten with 0 + g·p (what the
+ * accumulating form stores into a zeroed buffer) and zeroed in ignored rows; each thread reads
+ * its elements before it writes them, so the aliasing is safe. VEC_OK: dl and logits have the
+ * same alignment modulo 16 bytes (always so in place), else every element goes scalar. */
+#define CE_BW_UNROLL 2
 template <class T, bool INPLACE>
-__global__ void k_ce_bw(T *dl, const T *logits, const float *lse, const int32_t *targets,
-                        const float *dloss, const int64_t *count, int64_t V, int64_t ignore_index) {
+__global__ void __launch_bounds__(CE_THREADS) k_ce_bw(T *dl, const T *logits, const float *lse,
+                                                      const int32_t *targets, const float *dloss,
+                                                      const int64_t *count, int64_t V,
+                                                      int64_t ignore_index, bool vec_ok) {
+    constexpr int VEC = vec16<T>::n;
     const int64_t row = blockIdx.x;
     const int64_t t = targets[row];
     const int64_t cnt = *count;
     T *dr = dl + row * V;
-    const int64_t j0 = (int64_t)blockIdx.y * CE_BW_COLS;
+    const T *xr = logits + row * V;
+    const int64_t head = vec_ok ? head_elems(xr, V) : V;
+    const int64_t nvec = (V - head) / VEC, tail = head + nvec * VEC;
+    const int64_t tid = (int64_t)blockIdx.y * blockDim.x + threadIdx.x;
+    const int64_t stride = (int64_t)gridDim.y * blockDim.x;
+    uint4 *dv = reinterpret_cast<uint4 *>(dr + head);
+    const uint4 *xv = reinterpret_cast<const uint4 *>(xr + head);
     if (t == ignore_index || cnt == 0) {
-        if (INPLACE)
-            for (int64_t j = j0 + threadIdx.x; j < j0 + CE_BW_COLS && j < V; j += blockDim.x)
-                kvf_st(dr + j, 0.0f);
+        if (INPLACE) {
+            for (int64_t j = tid; j < head; j += stride) kvf_st(dr + j, 0.0f);
+            for (int64_t v = tid; v < nvec; v += stride) dv[v] = make_uint4(0u, 0u, 0u, 0u);
+            for (int64_t j = tail + tid; j < V; j += stride) kvf_st(dr + j, 0.0f);
+        }
         return;
     }
     const float g = (float)((double)*dloss / (double)cnt);
     const float l = lse[row];
-    const T *xr = logits + row * V;
-    for (int64_t j = j0 + threadIdx.x; j < j0 + CE_BW_COLS && j < V; j += blockDim.x) {
+    for (int64_t j = tid; j < head; j += stride) {
+        const float p = expf(kvf_ld(xr + j) - l) - (j == t ? 1.0f : 0.0f);
+        kvf_st(dr + j, (INPLACE ? 0.0f : kvf_ld(dr + j)) + g * p);
+    }
+    for (int64_t v0 = tid; v0 < nvec; v0 += CE_BW_UNROLL * stride) {
+        uint4 rx[CE_BW_UNROLL], rd[CE_BW_UNROLL];
+#pragma unroll
+        for (int u = 0; u < CE_BW_UNROLL; u++) {
+            const int64_t v = v0 + u * stride;
+            if (v < nvec) {
+                rx[u] = xv[v];
+                if (!INPLACE) rd[u] = dv[v];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < CE_BW_UNROLL; u++) {
+            const int64_t v = v0 + u * stride;
+            if (v >= nvec) continue;
+            const int64_t tl = t - (head + v * VEC); /* the target's slot in this vector */
+            float f[VEC], o[VEC];
+            vunpack<T>(rx[u], f);
+            if (!INPLACE) vunpack<T>(rd[u], o);
+#pragma unroll
+            for (int e = 0; e < VEC; e++) {
+                const float p = expf(f[e] - l) - (e == tl ? 1.0f : 0.0f);
+                o[e] = (INPLACE ? 0.0f : o[e]) + g * p;
+            }
+            dv[v] = vpack<T>(o);
+        }
+    }
+    for (int64_t j = tail + tid; j < V; j += stride) {
         const float p = expf(kvf_ld(xr + j) - l) - (j == t ? 1.0f : 0.0f);
         kvf_st(dr + j, (INPLACE ? 0.0f : kvf_ld(dr + j)) + g * p);
     }
@@ -192,14 +343,23 @@ static kvf_status ce_bw_run(kvf_tensor *dlogits, const kvf_tensor *logits, const
     k_ce_count<<<1, 256, 0, KVF_STREAM>>>(count, (const int32_t *)kvf_tensor_data(targets), N,
                                           ignore_index);
     KVF_LAUNCH("ce_count", "cross_entropy_backward %s", KVF_CDESC(logits));
-    const int64_t ncb = (V + CE_BW_COLS - 1) / CE_BW_COLS;
-    if (ncb > 65535 || N > INT32_MAX)
+    if (N > INT32_MAX)
         return kvf_error_set(KVF_ERR_SHAPE, "cross_entropy_backward: %s is too large for the "
                              "kernel's grid", KVF_CDESC(logits));
-    k_ce_bw<T, INPLACE><<<dim3((unsigned)N, (unsigned)ncb), 256, 0, KVF_STREAM>>>(
+    /* one block per row; with few rows, several blocks per row (vectors strided across them)
+     * so that the GPU fills, each with at least CE_BW_UNROLL vectors per thread */
+    const int64_t per_block = (int64_t)CE_THREADS * CE_BW_UNROLL * vec16<T>::n;
+    int64_t ncb = (V + per_block - 1) / per_block;
+    const int64_t fill = ((int64_t)kvf_cuda_dev()->sm_count * 8 + N - 1) / N;
+    if (ncb > fill) ncb = fill;
+    if (ncb > 65535) ncb = 65535;
+    if (ncb < 1) ncb = 1;
+    const bool vec_ok = (((uintptr_t)kvf_tensor_data(dlogits) -
+                          (uintptr_t)kvf_tensor_data(logits)) & 15) == 0;
+    k_ce_bw<T, INPLACE><<<dim3((unsigned)N, (unsigned)ncb), CE_THREADS, 0, KVF_STREAM>>>(
         (T *)kvf_tensor_data(dlogits), (const T *)kvf_tensor_data(logits),
         (const float *)kvf_tensor_data(lse), (const int32_t *)kvf_tensor_data(targets),
-        (const float *)kvf_tensor_data(dloss), count, V, ignore_index);
+        (const float *)kvf_tensor_data(dloss), count, V, ignore_index, vec_ok);
     KVF_LAUNCH("ce_bw", "cross_entropy_backward %s", KVF_CDESC(logits));
     return KVF_OK;
 }

@@ -6,14 +6,99 @@
  * sums, as the CPU does. dW / db of the norms are column sums over rows: blocks of 32
  * columns × a chunk of rows write f32 partials, and a second kernel adds the chunks in
  * order and accumulates into dW / db — no atomics, so runs are bitwise reproducible.
+ * RMSNorm's fast path (16-byte rows, see row_plan) keeps a row in registers (one warp per row
+ * up to 1024 bf16 / 512 f32) and computes dx and dW's per-block partials in one pass.
  *
  * RoPE: a cos/sin table per (position, frequency) is computed first in double (angles
  * pos·inv_freq in double, like the CPU) and stored as f32; then one thread per rotated pair
- * (and per passed-through dim) writes y (+)= R·x. A thread reads both elements of its pair
- * before writing, so y may alias x. */
+ * (and per passed-through dim) writes y (+)= R·x — or, when the rotated pairs and the rest
+ * fill whole 16-byte vectors, one thread per vector (pair of vectors for HALF). A thread reads
+ * the elements it writes before writing them, so y may alias x. */
 #include <math.h>
 
 #include "cuda_common.h"
+
+/* ---- 16-byte vectors ------------------------------------------------------------------------------
+ * The fast paths move 16 bytes per load/store (4 f32 or 8 bf16 in a uint4) when the rows are
+ * 16-byte aligned and their length a multiple of the vector; the scalar kernels stay as the
+ * general fallback. bf16 widens exactly (a shift) and narrows with round-to-nearest-even,
+ * as kvf_ld / kvf_st do. */
+
+template <class T> struct vec16 {
+    static constexpr int n = 16 / (int)sizeof(T);
+};
+
+template <class T> __device__ __forceinline__ void vunpack(const uint4 &r, float *f);
+template <> __device__ __forceinline__ void vunpack<float>(const uint4 &r, float *f) {
+    f[0] = __uint_as_float(r.x);
+    f[1] = __uint_as_float(r.y);
+    f[2] = __uint_as_float(r.z);
+    f[3] = __uint_as_float(r.w);
+}
+template <> __device__ __forceinline__ void vunpack<__nv_bfloat16>(const uint4 &r, float *f) {
+    const unsigned u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
+template <class T> __device__ __forceinline__ uint4 vpack(const float *f);
+template <> __device__ __forceinline__ uint4 vpack<float>(const float *f) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
+                      __float_as_uint(f[3]));
+}
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi); /* .x (lo) at the lower address */
+    return *reinterpret_cast<unsigned *>(&h);
+}
+template <> __device__ __forceinline__ uint4 vpack<__nv_bfloat16>(const float *f) {
+    return make_uint4(pack_bf16x2(f[0], f[1]), pack_bf16x2(f[2], f[3]), pack_bf16x2(f[4], f[5]),
+                      pack_bf16x2(f[6], f[7]));
+}
+
+/* Hides a register's value from the optimiser, so values derived from it are recomputed
+ * rather than kept alive (register pressure). */
+__device__ __forceinline__ void opaque(uint4 &r) {
+    asm volatile("" : "+r"(r.x), "+r"(r.y), "+r"(r.z), "+r"(r.w));
+}
+
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+static inline bool aligned16(const kvf_tensor *t) { return !t || aligned16(kvf_tensor_data(t)); }
+
+/* Sum over a row group of tpr threads: one warp (tpr == 32), or the whole block (tpr ==
+ * blockDim.x, a multiple of 32: warps added in index order, so every thread gets the same
+ * bits). sh: 32 floats; with tpr > 32 every thread of the block must call it. */
+__device__ __forceinline__ float group_sum(float v, float *sh, int tpr) {
+    v = kvf_warp_sum(v);
+    if (tpr > 32) {
+        if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+        __syncthreads();
+        float s = sh[0];
+        for (int i = 1; i < (tpr >> 5); i++) s += sh[i];
+        __syncthreads(); /* sh may be reused */
+        v = s;
+    }
+    return v;
+}
+
+/* Row kernels with the row in registers: tpr threads per row (a power of two, 32..ROW_BLOCK),
+ * each holding NV vectors (NV <= ROW_NV_MAX) — vector v of a row lives in thread v % tpr, slot
+ * v / tpr. Rows of up to 32·ROW_NV_MAX vectors take one warp each (8 rows per ROW_BLOCK-thread
+ * block); longer rows one block of tpr threads (up to 8192 bf16 / 4096 f32 elements; longer
+ * rows go to the scalar kernels). */
+#define ROW_NV_MAX 4
+#define ROW_BLOCK 256
+
+static bool row_plan(int64_t nvec, int *tpr, int *nv) {
+    int64_t t = 32;
+    while (t * ROW_NV_MAX < nvec) t *= 2;
+    if (t > ROW_BLOCK || nvec <= 0) return false;
+    *tpr = (int)t;
+    *nv = (int)((nvec + t - 1) / t);
+    return true;
+}
 
 static void rows_cols(const kvf_tensor *x, int64_t *n, int64_t *c) {
     *c = x->ndim ? x->shape[x->ndim - 1] : 1;
@@ -56,15 +141,36 @@ __global__ void k_colsum_partial(F f, int64_t rows, int64_t cols, int64_t rpc, f
     }
 }
 
-/* out[col] += Σ_chunk partial[chunk·cols + col] */
+/* out[col] += Σ_chunk partial[chunk·cols + col]. A block takes 32 columns; its 32 chunk-lanes
+ * (threadIdx.y) each add the chunks ≡ lane (mod 32) in order, then the 32 lane sums are added
+ * in lane order: a fixed order, with many loads in flight per column. */
+#define FINISH_LANES 32
 template <class T>
 __global__ void k_colsum_finish(const float *partial, int64_t nchunk, int64_t cols, T *out) {
-    for (int64_t col = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; col < cols;
-         col += (int64_t)gridDim.x * blockDim.x) {
-        float s = 0.0f;
-        for (int64_t c = 0; c < nchunk; c++) s += partial[c * cols + col];
-        kvf_st(out + col, kvf_ld(out + col) + s);
+    __shared__ float sh[FINISH_LANES][33];
+    const int64_t col = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.0f;
+    if (col < cols) {
+#pragma unroll 4
+        for (int64_t c = threadIdx.y; c < nchunk; c += FINISH_LANES) s += partial[c * cols + col];
     }
+    sh[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < cols) {
+        float t = sh[0][threadIdx.x];
+        for (int q = 1; q < FINISH_LANES; q++) t += sh[q][threadIdx.x];
+        kvf_st(out + col, kvf_ld(out + col) + t);
+    }
+}
+
+template <class T>
+static kvf_status colsum_finish(const float *partial, int64_t nchunk, int64_t cols, T *out,
+                                const char *what) {
+    k_colsum_finish<T><<<(unsigned)((cols + 31) / 32), dim3(32, FINISH_LANES), 0, KVF_STREAM>>>(
+        partial, nchunk, cols, out);
+    KVF_LAUNCH("colsum_finish", "%s: %lld chunks of [%lld]", what, (long long)nchunk,
+               (long long)cols);
+    return KVF_OK;
 }
 
 template <class T, class F>
@@ -78,9 +184,7 @@ static kvf_status colsum(F f, int64_t rows, int64_t cols, T *out, const char *wh
     k_colsum_partial<F><<<dim3((unsigned)((cols + 31) / 32), (unsigned)nchunk), dim3(32, 8), 0,
                           KVF_STREAM>>>(f, rows, cols, rpc, partial);
     KVF_LAUNCH("colsum_partial", "%s: [%lld, %lld]", what, (long long)rows, (long long)cols);
-    k_colsum_finish<T><<<kvf_cuda_blocks(cols, 256), 256, 0, KVF_STREAM>>>(partial, nchunk, cols, out);
-    KVF_LAUNCH("colsum_finish", "%s: [%lld, %lld]", what, (long long)rows, (long long)cols);
-    return KVF_OK;
+    return colsum_finish<T>(partial, nchunk, cols, out, what);
 }
 
 /* ---- softmax ------------------------------------------------------------------------------------ */
@@ -199,6 +303,243 @@ struct rms_dw_fn {
     }
 };
 
+/* Vectorized forward (see row_plan): the row's vectors stay in registers between the sum of
+ * squares and the scaling pass, so x is read once. */
+template <class T, int NV>
+__global__ void __launch_bounds__(ROW_BLOCK) k_rmsnorm_vec(T *y, float *rstd, const T *x,
+                                                           const T *w, int64_t N, int C, int tpr,
+                                                           double eps) {
+    constexpr int VEC = vec16<T>::n;
+    __shared__ float sh[32];
+    const int lr = threadIdx.x & (tpr - 1);
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x / tpr) + threadIdx.x / tpr;
+    if (row >= N) return; /* only with several rows per block (tpr == 32): no barrier follows */
+    const int nvec = C / VEC;
+    const uint4 *xv = reinterpret_cast<const uint4 *>(x + row * C);
+    uint4 raw[NV];
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        const int v = lr + k * tpr;
+        raw[k] = v < nvec ? xv[v] : make_uint4(0u, 0u, 0u, 0u); /* zeros add nothing */
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        float f[VEC];
+        vunpack<T>(raw[k], f);
+#pragma unroll
+        for (int e = 0; e < VEC; e++) ss += f[e] * f[e];
+    }
+    ss = group_sum(ss, sh, tpr);
+    const float r = (float)(1.0 / sqrt((double)ss / (double)C + eps));
+    if (lr == 0) rstd[row] = r;
+    uint4 *yv = reinterpret_cast<uint4 *>(y + row * C);
+    const uint4 *wv = reinterpret_cast<const uint4 *>(w);
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        const int v = lr + k * tpr;
+        if (v >= nvec) continue;
+        float f[VEC];
+        vunpack<T>(raw[k], f);
+        if (w) {
+            float g[VEC];
+            vunpack<T>(wv[v], g);
+#pragma unroll
+            for (int e = 0; e < VEC; e++) f[e] = f[e] * r * g[e];
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; e++) f[e] = f[e] * r;
+        }
+        yv[v] = vpack<T>(f);
+    }
+}
+
+/* Vectorized backward, dx and dW in one pass over x and dy (see row_plan). A block owns the
+ * rows [blockIdx.x·rpb, +rpb); its row groups take them in turn (group g: rows g, g + G, ...).
+ * DX: dx += r·g − r³·x·mean(g·x) with g = dy·w, as k_rmsnorm_bw_dx. DW: each thread adds
+ * dy·x·r of its columns over its rows in row order; the block's groups are then added in group
+ * order into partial[blockIdx.x] (f32 [C]), which k_colsum_finish sums over blocks in order. */
+template <class T, int NV, bool DX, bool DW>
+__global__ void __launch_bounds__(ROW_BLOCK, NV >= 4 ? 1 : 2)
+    k_rmsnorm_bw_vec(T *dx, float *partial, const T *x, const T *w, const float *rstd,
+                     const T *dy, int64_t N, int C, int tpr, int64_t rpb) {
+    constexpr int VEC = vec16<T>::n;
+    extern __shared__ float shc[]; /* DW with G > 1: [G][C] */
+    __shared__ float sh[32];
+    const int G = blockDim.x / tpr, g = threadIdx.x / tpr, lr = threadIdx.x & (tpr - 1);
+    const int nvec = C / VEC;
+    const int64_t r0 = (int64_t)blockIdx.x * rpb, r1 = r0 + rpb < N ? r0 + rpb : N;
+    uint4 rw[NV];
+    if (DX && w) {
+        const uint4 *wv = reinterpret_cast<const uint4 *>(w);
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            const int v = lr + k * tpr;
+            rw[k] = v < nvec ? wv[v] : make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+    float acc[DW ? NV : 1][VEC];
+#pragma unroll
+    for (int k = 0; k < (DW ? NV : 1); k++)
+#pragma unroll
+        for (int e = 0; e < VEC; e++) acc[k][e] = 0.0f;
+
+    for (int64_t row = r0 + g; row < r1; row += G) {
+        const uint4 *xv = reinterpret_cast<const uint4 *>(x + row * C);
+        const uint4 *gv = reinterpret_cast<const uint4 *>(dy + row * C);
+        uint4 *dv = reinterpret_cast<uint4 *>(dx + row * C);
+        uint4 rx[NV], rg[NV], rd[NV];
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            const int v = lr + k * tpr;
+            const bool ok = v < nvec;
+            rx[k] = ok ? xv[v] : make_uint4(0u, 0u, 0u, 0u);
+            rg[k] = ok ? gv[v] : make_uint4(0u, 0u, 0u, 0u);
+            if (DX) rd[k] = ok ? dv[v] : make_uint4(0u, 0u, 0u, 0u);
+        }
+        const float r = rstd[row];
+        if (DX && w) /* keep w packed: no hoisting of its NV·VEC floats out of the loop */
+#pragma unroll
+            for (int k = 0; k < NV; k++) opaque(rw[k]);
+        float dot = 0.0f;
+#pragma unroll
+        for (int k = 0; k < NV; k++) {
+            float fx[VEC], fg[VEC];
+            vunpack<T>(rx[k], fx);
+            vunpack<T>(rg[k], fg);
+            if (DW)
+#pragma unroll
+                for (int e = 0; e < VEC; e++) acc[DW ? k : 0][e] += fg[e] * fx[e] * r;
+            if (DX) {
+                if (w) {
+                    float fw[VEC];
+                    vunpack<T>(rw[k], fw);
+#pragma unroll
+                    for (int e = 0; e < VEC; e++) fg[e] *= fw[e];
+                }
+#pragma unroll
+                for (int e = 0; e < VEC; e++) dot += fg[e] * fx[e];
+            }
+        }
+        if (DX) {
+            dot = group_sum(dot, sh, tpr);
+            const float kk = r * r * r * dot / (float)C;
+            /* unpack again below rather than keep 2·NV·VEC floats alive across the sum */
+#pragma unroll
+            for (int k = 0; k < NV; k++) {
+                opaque(rx[k]);
+                opaque(rg[k]);
+            }
+#pragma unroll
+            for (int k = 0; k < NV; k++) {
+                const int v = lr + k * tpr;
+                if (v >= nvec) continue;
+                float fx[VEC], fg[VEC], fd[VEC];
+                vunpack<T>(rx[k], fx);
+                vunpack<T>(rg[k], fg);
+                vunpack<T>(rd[k], fd);
+                if (w) {
+                    float fw[VEC];
+                    vunpack<T>(rw[k], fw);
+#pragma unroll
+                    for (int e = 0; e < VEC; e++) fg[e] *= fw[e];
+                }
+#pragma unroll
+                for (int e = 0; e < VEC; e++) fd[e] = fd[e] + r * fg[e] - kk * fx[e];
+                dv[v] = vpack<T>(fd);
+            }
+        }
+    }
+    if (DW) {
+        float *pr = partial + (int64_t)blockIdx.x * C;
+        if (G == 1) {
+#pragma unroll
+            for (int k = 0; k < (DW ? NV : 1); k++) {
+                const int v = lr + k * tpr;
+                if (v < nvec)
+#pragma unroll
+                    for (int e = 0; e < VEC; e++) pr[v * VEC + e] = acc[k][e];
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < (DW ? NV : 1); k++) {
+                const int v = lr + k * tpr;
+                if (v < nvec)
+#pragma unroll
+                    for (int e = 0; e < VEC; e++) shc[g * C + v * VEC + e] = acc[k][e];
+            }
+            __syncthreads();
+            for (int c = threadIdx.x; c < C; c += blockDim.x) {
+                float t = shc[c];
+                for (int q = 1; q < G; q++) t += shc[q * C + c];
+                pr[c] = t;
+            }
+        }
+    }
+}
+
+/* The vector plan for rows of C elements of T, or false (then the scalar kernels run). */
+template <class T>
+static bool rms_vec_plan(int64_t C, int *tpr, int *nv) {
+    const int VEC = vec16<T>::n;
+    if (C % VEC != 0 || C > INT32_MAX) return false;
+    return row_plan(C / VEC, tpr, nv);
+}
+
+template <class T, int NV>
+static kvf_status rmsnorm_vec_run(T *y, float *rstd, const T *x, const T *w, int64_t N, int64_t C,
+                                  int tpr, double eps) {
+    const int threads = tpr > 32 ? tpr : ROW_BLOCK, G = threads / tpr; /* G > 1: tpr 32 */
+    const int64_t blocks = (N + G - 1) / G;
+    if (blocks > INT32_MAX)
+        return kvf_error_set(KVF_ERR_SHAPE, "rmsnorm: %lld rows are too many for the grid",
+                             (long long)N);
+    k_rmsnorm_vec<T, NV><<<(unsigned)blocks, threads, 0, KVF_STREAM>>>(y, rstd, x, w, N, (int)C,
+                                                                      tpr, eps);
+    KVF_LAUNCH("rmsnorm_vec", "rmsnorm [%lld, %lld]", (long long)N, (long long)C);
+    return KVF_OK;
+}
+
+template <class T, int NV, bool DX, bool DW>
+static kvf_status rmsnorm_bw_vec_launch(T *dx, T *dw, const T *x, const T *w, const float *rstd,
+                                        const T *dy, int64_t N, int64_t C, int tpr) {
+    const int threads = tpr > 32 ? tpr : ROW_BLOCK, G = threads / tpr; /* G > 1: tpr 32 */
+    /* dW with several groups per block: [G][C] f32 in shared memory (<= 32 KiB, row_plan) */
+    const size_t smem = DW && G > 1 ? sizeof(float) * (size_t)G * (size_t)C : 0;
+    /* one wave of resident blocks, each looping over its rows: as many loads in flight as the
+     * SMs hold, and few dW partials for k_colsum_finish to add */
+    int occ = 0;
+    KVF_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_rmsnorm_bw_vec<T, NV, DX, DW>,
+                                                         threads, smem),
+           "rmsnorm_backward [%lld, %lld]", (long long)N, (long long)C);
+    int64_t blocks = (int64_t)kvf_cuda_dev()->sm_count * (occ > 0 ? occ : 1);
+    const int64_t most = (N + G - 1) / G;
+    if (blocks > most) blocks = most;
+    if (blocks < 1) blocks = 1;
+    const int64_t rpb = (N + blocks - 1) / blocks;
+    blocks = (N + rpb - 1) / rpb;
+    float *partial = NULL;
+    if (DW) {
+        partial = (float *)kvf_cuda_scratch(sizeof(float) * (size_t)(blocks * C),
+                                            "rmsnorm_backward dw");
+        if (!partial) return kvf_error_code();
+    }
+    k_rmsnorm_bw_vec<T, NV, DX, DW><<<(unsigned)blocks, threads, smem, KVF_STREAM>>>(
+        dx, partial, x, w, rstd, dy, N, (int)C, tpr, rpb);
+    KVF_LAUNCH("rmsnorm_bw_vec", "rmsnorm_backward [%lld, %lld]", (long long)N, (long long)C);
+    if (DW) return colsum_finish<T>(partial, blocks, C, dw, "rmsnorm_backward dw");
+    return KVF_OK;
+}
+
+template <class T, int NV>
+static kvf_status rmsnorm_bw_vec_run(T *dx, T *dw, const T *x, const T *w, const float *rstd,
+                                     const T *dy, int64_t N, int64_t C, int tpr) {
+    if (dx && dw) return rmsnorm_bw_vec_launch<T, NV, true, true>(dx, dw, x, w, rstd, dy, N, C, tpr);
+    if (dx) return rmsnorm_bw_vec_launch<T, NV, true, false>(dx, dw, x, w, rstd, dy, N, C, tpr);
+    if (dw) return rmsnorm_bw_vec_launch<T, NV, false, true>(dx, dw, x, w, rstd, dy, N, C, tpr);
+    return KVF_OK;
+}
+
 template <class T>
 static kvf_status rmsnorm_t(kvf_tensor *y, kvf_tensor *rstd, const kvf_tensor *x,
                             const kvf_tensor *w, double eps) {
@@ -206,6 +547,18 @@ static kvf_status rmsnorm_t(kvf_tensor *y, kvf_tensor *rstd, const kvf_tensor *x
     rows_cols(x, &N, &C);
     KVF_TRY(check_stats("rmsnorm", rstd, N));
     if (N == 0) return KVF_OK;
+    int tpr, nv;
+    if (C > 0 && rms_vec_plan<T>(C, &tpr, &nv) && aligned16(y) && aligned16(x) && aligned16(w)) {
+        T *py = (T *)kvf_tensor_data(y);
+        float *pr = (float *)kvf_tensor_data(rstd);
+        const T *px = (const T *)kvf_tensor_data(x), *pw = w ? (const T *)kvf_tensor_data(w) : NULL;
+        switch (nv) {
+        case 1: return rmsnorm_vec_run<T, 1>(py, pr, px, pw, N, C, tpr, eps);
+        case 2: return rmsnorm_vec_run<T, 2>(py, pr, px, pw, N, C, tpr, eps);
+        case 3: return rmsnorm_vec_run<T, 3>(py, pr, px, pw, N, C, tpr, eps);
+        default: return rmsnorm_vec_run<T, 4>(py, pr, px, pw, N, C, tpr, eps);
+        }
+    }
     k_rmsnorm<T><<<(unsigned)N, kvf_row_threads(C), 0, KVF_STREAM>>>(
         (T *)kvf_tensor_data(y), (float *)kvf_tensor_data(rstd), (const T *)kvf_tensor_data(x),
         w ? (const T *)kvf_tensor_data(w) : NULL, C, eps);
@@ -229,6 +582,18 @@ static kvf_status rmsnorm_bw_t(kvf_tensor *dx, kvf_tensor *dw, const kvf_tensor 
     if (N == 0 || C == 0) return KVF_OK;
     const T *px = (const T *)kvf_tensor_data(x), *pg = (const T *)kvf_tensor_data(dy);
     const float *pr = (const float *)kvf_tensor_data(rstd);
+    int tpr, nv;
+    if (rms_vec_plan<T>(C, &tpr, &nv) && aligned16(dx) && aligned16(x) && aligned16(w) &&
+        aligned16(dy)) {
+        T *pdx = dx ? (T *)kvf_tensor_data(dx) : NULL, *pdw = dw ? (T *)kvf_tensor_data(dw) : NULL;
+        const T *pw = w ? (const T *)kvf_tensor_data(w) : NULL;
+        switch (nv) {
+        case 1: return rmsnorm_bw_vec_run<T, 1>(pdx, pdw, px, pw, pr, pg, N, C, tpr);
+        case 2: return rmsnorm_bw_vec_run<T, 2>(pdx, pdw, px, pw, pr, pg, N, C, tpr);
+        case 3: return rmsnorm_bw_vec_run<T, 3>(pdx, pdw, px, pw, pr, pg, N, C, tpr);
+        default: return rmsnorm_bw_vec_run<T, 4>(pdx, pdw, px, pw, pr, pg, N, C, tpr);
+        }
+    }
     if (dx) {
         k_rmsnorm_bw_dx<T><<<(unsigned)N, kvf_row_threads(C), 0, KVF_STREAM>>>(
             (T *)kvf_tensor_data(dx), px, w ? (const T *)kvf_tensor_data(w) : NULL, pr, pg, C);
@@ -430,6 +795,94 @@ __global__ void k_rope(T *y, const T *x, const float2 *cs, int64_t nt, int64_t n
     }
 }
 
+/* Vectorized form (16-byte x / y rows, pairs that fill whole vectors; rope_t checks): work item
+ * (row, k) of ipr per row. k < nrot rotates: HALF, the vectors at k·VEC and F + k·VEC (VEC
+ * pairs (i, i + F)); INTERLEAVED, the vector at k·VEC (VEC/2 pairs (2i, 2i + 1)). Other items
+ * pass one vector of the dims 2F.. through. The cos/sin pairs are read as float4s. Each
+ * thread reads its vectors before writing them, so y may alias x. */
+template <class T>
+__global__ void k_rope_vec(T *y, const T *x, const float2 *cs, unsigned nitems, unsigned ipr,
+                           unsigned nrot, unsigned nt, unsigned nh, int nd, int nf, int ntab,
+                           bool per_head, bool interleaved, bool accumulate) {
+    constexpr int VEC = vec16<T>::n;
+    for (unsigned e = blockIdx.x * blockDim.x + threadIdx.x; e < nitems;
+         e += gridDim.x * blockDim.x) {
+        const unsigned row = e / ipr, k = e - row * ipr;
+        const T *xr = x + (int64_t)row * nd;
+        T *yr = y + (int64_t)row * nd;
+        if (k < nrot) {
+            const unsigned bt = row / nh, h = row - bt * nh, t = bt % nt;
+            const float4 *c4 = reinterpret_cast<const float4 *>(
+                cs + (int64_t)t * ntab + (per_head ? (int64_t)h * nf : 0));
+            if (!interleaved) {
+                const int i0 = (int)k * VEC;
+                const uint4 ra = *reinterpret_cast<const uint4 *>(xr + i0);
+                const uint4 rb = *reinterpret_cast<const uint4 *>(xr + i0 + nf);
+                float c[2 * VEC]; /* (cos, ±sin) of pairs i0 .. i0 + VEC − 1 */
+#pragma unroll
+                for (int q = 0; q < VEC / 2; q++) {
+                    const float4 v = c4[i0 / 2 + q];
+                    c[4 * q] = v.x, c[4 * q + 1] = v.y, c[4 * q + 2] = v.z, c[4 * q + 3] = v.w;
+                }
+                float a[VEC], b[VEC], ya[VEC], yb[VEC];
+                vunpack<T>(ra, a);
+                vunpack<T>(rb, b);
+#pragma unroll
+                for (int i = 0; i < VEC; i++) {
+                    ya[i] = a[i] * c[2 * i] - b[i] * c[2 * i + 1];
+                    yb[i] = a[i] * c[2 * i + 1] + b[i] * c[2 * i];
+                }
+                if (accumulate) {
+                    float oa[VEC], ob[VEC];
+                    vunpack<T>(*reinterpret_cast<const uint4 *>(yr + i0), oa);
+                    vunpack<T>(*reinterpret_cast<const uint4 *>(yr + i0 + nf), ob);
+#pragma unroll
+                    for (int i = 0; i < VEC; i++) ya[i] += oa[i], yb[i] += ob[i];
+                }
+                *reinterpret_cast<uint4 *>(yr + i0) = vpack<T>(ya);
+                *reinterpret_cast<uint4 *>(yr + i0 + nf) = vpack<T>(yb);
+            } else {
+                const int i0 = (int)k * VEC;
+                const uint4 ra = *reinterpret_cast<const uint4 *>(xr + i0);
+                float c[VEC]; /* pairs i0/2 .. i0/2 + VEC/2 − 1 */
+#pragma unroll
+                for (int q = 0; q < VEC / 4; q++) {
+                    const float4 v = c4[i0 / 4 + q];
+                    c[4 * q] = v.x, c[4 * q + 1] = v.y, c[4 * q + 2] = v.z, c[4 * q + 3] = v.w;
+                }
+                float a[VEC], o[VEC];
+                vunpack<T>(ra, a);
+#pragma unroll
+                for (int i = 0; i < VEC / 2; i++) {
+                    const float x0 = a[2 * i], x1 = a[2 * i + 1], co = c[2 * i], si = c[2 * i + 1];
+                    o[2 * i] = x0 * co - x1 * si;
+                    o[2 * i + 1] = x0 * si + x1 * co;
+                }
+                if (accumulate) {
+                    float old[VEC];
+                    vunpack<T>(*reinterpret_cast<const uint4 *>(yr + i0), old);
+#pragma unroll
+                    for (int i = 0; i < VEC; i++) o[i] += old[i];
+                }
+                *reinterpret_cast<uint4 *>(yr + i0) = vpack<T>(o);
+            }
+        } else {
+            const int d = 2 * nf + (int)(k - nrot) * VEC;
+            const uint4 ra = *reinterpret_cast<const uint4 *>(xr + d);
+            if (accumulate) {
+                float a[VEC], o[VEC];
+                vunpack<T>(ra, a);
+                vunpack<T>(*reinterpret_cast<const uint4 *>(yr + d), o);
+#pragma unroll
+                for (int i = 0; i < VEC; i++) o[i] = o[i] + a[i];
+                *reinterpret_cast<uint4 *>(yr + d) = vpack<T>(o);
+            } else {
+                *reinterpret_cast<uint4 *>(yr + d) = ra;
+            }
+        }
+    }
+}
+
 template <class T>
 static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *pos,
                          const kvf_tensor *inv_freq, kvf_rope_layout layout, bool inverse,
@@ -448,6 +901,23 @@ static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
             cs, (const int32_t *)kvf_tensor_data(pos), (const float *)kvf_tensor_data(inv_freq),
             nt, ntab, inverse);
         KVF_LAUNCH("rope_table", "rope %s", KVF_CDESC(x));
+    }
+    /* vector path: whole 16-byte vectors of rotated pairs and of passed-through dims */
+    const int VEC = vec16<T>::n;
+    const bool inter = layout == KVF_ROPE_INTERLEAVED;
+    if (nd % VEC == 0 && (inter ? (2 * nf) % VEC == 0 : nf % VEC == 0) && aligned16(x) &&
+        aligned16(y) && nd <= INT32_MAX && ntab <= INT32_MAX) {
+        const int64_t nrot = inter ? 2 * nf / VEC : nf / VEC, ipr = nrot + (nd - 2 * nf) / VEC;
+        const int64_t items = nrows * ipr;
+        if (items == 0) return KVF_OK;
+        if (items <= INT32_MAX && nt <= INT32_MAX && nh <= INT32_MAX) {
+            k_rope_vec<T><<<kvf_cuda_blocks(items, 256), 256, 0, KVF_STREAM>>>(
+                (T *)kvf_tensor_data(y), (const T *)kvf_tensor_data(x), cs, (unsigned)items,
+                (unsigned)ipr, (unsigned)nrot, (unsigned)nt, (unsigned)nh, (int)nd, (int)nf,
+                (int)ntab, per_head, inter, accumulate);
+            KVF_LAUNCH("rope_vec", "rope %s", KVF_CDESC(x));
+            return KVF_OK;
+        }
     }
     const int64_t n = nrows * (nd - nf);
     if (n == 0) return KVF_OK;
