@@ -52,6 +52,10 @@ struct kvf_gemm_args {
     /* C in f32 while A and B are in dtype (bf16): weight gradients straight into the f32
      * master gradients. Backends without mixed GEMMs (the CPU) refuse it unless dtype is f32. */
     bool c_f32;
+    /* Where C's old value comes from when it is not C itself: C = alpha·op(A)·op(B) +
+     * beta·c_in, C only written (a residual added in the GEMM's epilogue). c_in is laid
+     * out as C; batch 1 only. NULL: c_in is C. */
+    const void *c_in;
 };
 typedef struct kvf_gemm_args kvf_gemm_args;
 

@@ -25,6 +25,10 @@ kvf_status  kvf_split(kvf_ctx *ctx, kvf_tensor *x, int axis, const int64_t *size
 /* a [..., M, K] (or [..., K, M] with trans_a) times b [..., K, N] (or [..., N, K] with
  * trans_b); b may be 2-D and is then shared by every batch (a linear layer). */
 kvf_tensor *kvf_matmul(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b, bool trans_a, bool trans_b);
+/* r + a·op(b): kvf_add(r, kvf_matmul(a, b, false, trans_b)) with the add in the GEMM's
+ * epilogue where r has the product's shape and b is 2-D (a residual after a projection):
+ * no product tensor and no add pass. Same numbers on the CPU as the two ops. */
+kvf_tensor *kvf_matmul_add(kvf_ctx *ctx, kvf_tensor *r, kvf_tensor *a, kvf_tensor *b, bool trans_b);
 
 /* Elementwise with NumPy broadcasting. */
 kvf_tensor *kvf_add(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b);
@@ -56,6 +60,10 @@ kvf_tensor *kvf_layernorm(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w, kvf_tensor
  * inv_freq with the dropped ones zeroed. kvf_rope_inv_freq fills theta^(-2i/dim). */
 kvf_tensor *kvf_rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
                      kvf_rope_layout layout);
+/* kvf_rope writing over x's storage (x contiguous; else over a contiguous copy): for an x
+ * that nothing reads again and no backward rule keeps, such as a fresh projection. */
+kvf_tensor *kvf_rope_inplace(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
+                             kvf_rope_layout layout);
 kvf_tensor *kvf_rope_inv_freq(kvf_ctx *ctx, int64_t dim, double theta);
 
 /* q [B, T, Hq, Dk], k [B, S, Hkv, Dk], v [B, S, Hkv, Dv] → [B, T, Hq, Dv]; query head h

@@ -3,9 +3,10 @@
 
 #include "ops_impl.h"
 
-static kvf_status gemm(kvf_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-                       int64_t batch, const kvf_tensor *a, int64_t sa, const kvf_tensor *b,
-                       int64_t sb, kvf_tensor *c, int64_t sc, double beta) {
+static kvf_status gemm_in(kvf_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                          int64_t batch, const kvf_tensor *a, int64_t sa, const kvf_tensor *b,
+                          int64_t sb, kvf_tensor *c, int64_t sc, double beta,
+                          const kvf_tensor *c_in) {
     kvf_gemm_args g = {
         .trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k, .batch = batch,
         .a = kvf_tensor_data(a), .b = kvf_tensor_data(b), .c = kvf_tensor_data(c),
@@ -13,8 +14,15 @@ static kvf_status gemm(kvf_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int
         .stride_a = sa, .stride_b = sb, .stride_c = sc,
         .alpha = 1.0, .beta = beta, .dtype = a->dtype,
         .c_f32 = c->dtype == KVF_DTYPE_F32 && a->dtype != KVF_DTYPE_F32,
+        .c_in = c_in ? kvf_tensor_data(c_in) : NULL,
     };
     return kvf_ctx_backend(ctx)->gemm(&g);
+}
+
+static kvf_status gemm(kvf_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                       int64_t batch, const kvf_tensor *a, int64_t sa, const kvf_tensor *b,
+                       int64_t sb, kvf_tensor *c, int64_t sc, double beta) {
+    return gemm_in(ctx, ta, tb, m, n, k, batch, a, sa, b, sb, c, sc, beta, NULL);
 }
 
 kvf_tensor *kvf_matmul(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b, bool trans_a, bool trans_b) {
@@ -58,6 +66,37 @@ kvf_tensor *kvf_matmul(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b, bool trans_a,
         nd->iparam[3] = n;
         nd->iparam[4] = k;
         nd->iparam[5] = batch;
+    }
+    return c;
+}
+
+kvf_tensor *kvf_matmul_add(kvf_ctx *ctx, kvf_tensor *r, kvf_tensor *a, kvf_tensor *b, bool trans_b) {
+    kvf_tensor *in[3] = {r, a, b};
+    if (!kvf_ops_check_inputs(ctx, "matmul_add", 3, in)) return NULL;
+    bool fused = b->ndim == 2 && a->ndim >= 2 && a->dtype == b->dtype && r->dtype == a->dtype &&
+                 r->ndim == a->ndim && (trans_b ? b->shape[1] : b->shape[0]) == a->shape[a->ndim - 1];
+    for (int i = 0; fused && i < a->ndim - 1; i++) fused = r->shape[i] == a->shape[i];
+    fused = fused && r->shape[r->ndim - 1] == (trans_b ? b->shape[0] : b->shape[1]);
+    if (!fused) return kvf_add(ctx, r, kvf_matmul(ctx, a, b, false, trans_b));
+    if (!kvf_ops_check_float("matmul_add", a, "a")) return NULL;
+    r = kvf_contiguous(ctx, r);
+    a = kvf_contiguous(ctx, a);
+    b = kvf_contiguous(ctx, b);
+    if (!r || !a || !b) return NULL;
+    int64_t k = a->shape[a->ndim - 1], n = r->shape[r->ndim - 1], m = kvf_tensor_numel(a) / (k ? k : 1);
+    if (k == 0) m = kvf_tensor_numel(r) / (n ? n : 1);
+    kvf_tensor *c = kvf_ops_like(ctx, r);
+    if (!c) return NULL;
+    KVF_OPS_CALL(gemm_in(ctx, false, trans_b, m, n, k, 1, a, 0, b, 0, c, 0, 1.0, r));
+    kvf_tensor *src[3] = {a, b, r};
+    kvf_node *nd = kvf_tape_record(ctx, KVF_OP_MATMUL, c, 3, src);
+    if (nd) {
+        nd->iparam[0] = false;
+        nd->iparam[1] = trans_b;
+        nd->iparam[2] = m;
+        nd->iparam[3] = n;
+        nd->iparam[4] = k;
+        nd->iparam[5] = 1;
     }
     return c;
 }
@@ -124,6 +163,14 @@ kvf_status kvf_matmul_backward(kvf_ctx *ctx, kvf_node *nd) {
         } else { /* B stored n×k: dB = dCᵀ · op(A) */
             KVF_TRY(gemm(ctx, true, ta, n, k, m, batch, gc, m * n, a, m * k, gb, sb, beta));
         }
+    }
+    kvf_tensor *r = nd->n_src > 2 ? nd->src[2] : NULL; /* kvf_matmul_add's addend */
+    if (r && r->requires_grad && !kvf_grad_share(ctx, r, gc)) {
+        /* after the GEMMs: a later write into r's gradient may then land in gc's block */
+        bool fresh;
+        kvf_tensor *gr = kvf_grad_fresh(ctx, r, &fresh);
+        if (!gr) return kvf_error_code();
+        KVF_TRY(fresh ? kvf_ctx_backend(ctx)->copy(gr, gc) : kvf_grad_accumulate(ctx, gr, gc));
     }
     return KVF_OK;
 }

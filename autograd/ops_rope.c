@@ -35,8 +35,8 @@ static kvf_tensor *positions(kvf_ctx *ctx, kvf_tensor *pos, int64_t T) {
     return p;
 }
 
-kvf_tensor *kvf_rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
-                     kvf_rope_layout layout) {
+static kvf_tensor *rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
+                        kvf_rope_layout layout, bool inplace) {
     kvf_tensor *in[3] = {x, inv_freq, pos};
     if (!kvf_ops_check_inputs(ctx, "rope", pos ? 3 : 2, in)) return NULL;
     if (!kvf_ops_check_float("rope", x, "x") || !kvf_ops_check_float("rope", inv_freq, "inv_freq"))
@@ -60,7 +60,9 @@ kvf_tensor *kvf_rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *i
     kvf_tensor *xc = kvf_contiguous(ctx, x);
     kvf_tensor *p = xc ? positions(ctx, pos, T) : NULL;
     kvf_tensor *f = p ? freq_f32(ctx, inv_freq) : NULL;
-    kvf_tensor *y = f ? kvf_ops_like(ctx, xc) : NULL;
+    /* in place: the output is a new header over x's storage (the kernels read each pair
+     * before writing it); the backward needs only the positions and frequencies */
+    kvf_tensor *y = !f ? NULL : inplace ? kvf_tensor_view_header(ctx, xc) : kvf_ops_like(ctx, xc);
     if (!y) return NULL;
     KVF_OPS_CALL(kvf_ctx_backend(ctx)->rope(y, xc, p, f, layout, false, false));
     kvf_node *n = kvf_tape_record(ctx, KVF_OP_ROPE, y, 1, &xc);
@@ -70,6 +72,16 @@ kvf_tensor *kvf_rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *i
         n->iparam[0] = layout;
     }
     return y;
+}
+
+kvf_tensor *kvf_rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
+                     kvf_rope_layout layout) {
+    return rope(ctx, x, pos, inv_freq, layout, false);
+}
+
+kvf_tensor *kvf_rope_inplace(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
+                             kvf_rope_layout layout) {
+    return rope(ctx, x, pos, inv_freq, layout, true);
 }
 
 kvf_status kvf_rope_backward(kvf_ctx *ctx, kvf_node *n) {

@@ -68,8 +68,10 @@ struct step_ctx {
     int64_t B, T;
 };
 
-/* One training step; *loss and *norm receive the loss and the gradient norm. With t (4
- * entries) the phases are synchronised and timed. */
+/* One training step; *loss and *norm receive the loss and the gradient norm. With t (5
+ * entries) the phases are synchronised and timed: fwd, bwd, opt, and the host's time to
+ * queue the forward and the backward (when it nears the phase's time, the GPU waits on
+ * the host). */
 static kvf_status step(struct step_ctx *s, double *loss, double *norm, double *t) {
     KVF_TRY(kvf_params_zero_grad(s->m->params));
     kvf_ctx_reset(s->ctx);
@@ -80,11 +82,13 @@ static kvf_status step(struct step_ctx *s, double *loss, double *norm, double *t
     kvf_tensor *l = ids && tgt ? kvf_model_loss(s->m, s->ctx, ids, tgt) : NULL;
     if (!l) return kvf_error_code();
     if (t) {
+        t[3] = now_s() - t0;
         KVF_TRY(kvf_tensor_item(l, loss));
         t[0] = now_s() - t0;
         t0 = now_s();
     }
     KVF_TRY(kvf_backward(s->ctx, l));
+    if (t) t[4] = now_s() - t0;
     KVF_TRY(kvf_tensor_item(l, loss));
     if (t) {
         t[1] = now_s() - t0;
@@ -102,7 +106,7 @@ static kvf_status step(struct step_ctx *s, double *loss, double *norm, double *t
     return KVF_OK;
 }
 
-static int run_variant(const char *variant, const struct opts *o) {
+static int run_variant(const char *variant, const struct opts *o, bool quiet) {
     kvf_model_config c;
     kvf_model_config_defaults(&c);
     c.vocab_size = 50304;
@@ -142,7 +146,7 @@ static int run_variant(const char *variant, const struct opts *o) {
         tg[i] = (int32_t)kvf_rng_below(&r, (uint64_t)c.vocab_size);
     }
     struct step_ctx s = {m, ctx, opt, ids, tg, o->batch, o->seq};
-    double loss = NAN, norm = NAN, tw = 0, tt = 0, ph[3] = {0};
+    double loss = NAN, norm = NAN, tw = 0, tt = 0, ph[5] = {0};
     kvf_status st = KVF_OK;
     double t0 = now_s();
     for (int i = 0; i < o->warmup && st == KVF_OK; i++) st = step(&s, &loss, &norm, NULL);
@@ -153,7 +157,10 @@ static int run_variant(const char *variant, const struct opts *o) {
     size_t free1 = gpu_free();
     if (st == KVF_OK && o->profile) st = step(&s, &loss, &norm, ph);
     int rc = 0;
-    if (st != KVF_OK) {
+    if (quiet) {
+        if (st != KVF_OK) fprintf(stderr, "bench_train %s warm-up: %s\n", variant, kvf_error_message());
+        rc = st != KVF_OK;
+    } else if (st != KVF_OK) {
         fprintf(stderr, "bench_train %s (B %lld, T %lld): %s\n", variant, (long long)o->batch,
                 (long long)o->seq, kvf_error_message());
         printf("{\"variant\": \"%s\", \"B\": %lld, \"T\": %lld, \"error\": \"step failed\"}\n", variant,
@@ -173,7 +180,8 @@ static int run_variant(const char *variant, const struct opts *o) {
                 1e3 * tt / o->steps, flops_tok * tps / 1e12, mem_gb, arena_gb, peak_gb, state_gb, loss,
                 tw, o->recompute == KVF_RECOMPUTE_BLOCKS ? " | recompute blocks" : "");
         if (o->profile)
-            fprintf(stderr, " | fwd %.1f bwd %.1f opt %.1f ms", 1e3 * ph[0], 1e3 * ph[1], 1e3 * ph[2]);
+            fprintf(stderr, " | fwd %.1f bwd %.1f opt %.1f ms (host queues fwd in %.1f, bwd in %.1f)",
+                    1e3 * ph[0], 1e3 * ph[1], 1e3 * ph[2], 1e3 * ph[3], 1e3 * ph[4]);
         fputc('\n', stderr);
         printf("{\"variant\": \"%s\", \"B\": %lld, \"T\": %lld, \"dtype\": \"%s\", \"params\": %lld, "
                "\"tok_per_s\": %.1f, \"step_ms\": %.3f, \"model_tflops\": %.2f, \"peak_mem_gb\": %.3f, "
@@ -235,7 +243,21 @@ int main(int argc, char **argv) {
     char list[512];
     snprintf(list, sizeof list, "%s", o.variants);
     int fails = 0;
+    /* One small step first, so that "mem" is what the run itself holds: the CUDA
+     * libraries' own state (cuBLASLt and cuDNN handles, their loaded kernels) stays
+     * resident after it, as torch's CUDA context and libraries sit outside
+     * torch.cuda.max_memory_allocated. How much that is gets printed. */
+    size_t lib0 = gpu_free();
+    struct opts w = o;
+    w.batch = 1, w.seq = o.seq < 128 ? o.seq : 128, w.steps = 1, w.warmup = 0, w.profile = false;
+    char first[64];
+    snprintf(first, sizeof first, "%.*s", (int)strcspn(list, ","), list);
+    if (run_variant(first, &w, true) == 0) {
+        size_t lib1 = gpu_free();
+        fprintf(stderr, "library warm-up (%s B 1 T %lld): %.2f GB stays with the CUDA libraries\n",
+                first, (long long)w.seq, lib0 > lib1 ? (double)(lib0 - lib1) / 1e9 : 0.0);
+    }
     for (char *save = NULL, *v = strtok_r(list, ",", &save); v; v = strtok_r(NULL, ",", &save))
-        fails += run_variant(v, &o);
+        fails += run_variant(v, &o, false);
     return fails ? 1 : 0;
 }

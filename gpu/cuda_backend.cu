@@ -205,11 +205,71 @@ static void cuda_free_temp(void *p) {
     if (p) cudaFreeAsync(p, KVF_STREAM);
 }
 
-static kvf_status cuda_upload(void *dst, const void *host, size_t n) {
+/* Small uploads (token ids, position tables, AdamW's segment table) go through a pinned
+ * staging ring with cudaMemcpyAsync: a plain cudaMemcpy from pageable memory waits for the
+ * whole stream to drain, and one in the middle of a forward leaves the GPU idle while the
+ * host queues the next kernels. The ring is STAGE_SEGS segments; entering a segment waits
+ * for the event recorded when it was last left, so the host only blocks when it runs a
+ * whole ring ahead of the GPU. Large uploads (checkpoints) stay synchronous. */
+#define STAGE_SEGS 8
+#define STAGE_SEG_BYTES ((size_t)1 << 20)
+static pthread_mutex_t g_stage_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *g_stage;
+static cudaEvent_t g_stage_ev[STAGE_SEGS];
+static bool g_stage_pending[STAGE_SEGS], g_stage_broken;
+static int g_stage_seg;
+static size_t g_stage_off;
+
+/* Pinned staging for n bytes, or NULL where none is to be had (then copy synchronously). */
+static char *stage_take(size_t n) {
+    if (n > STAGE_SEG_BYTES || g_stage_broken) return NULL;
+    if (!g_stage) {
+        if (cudaMallocHost((void **)&g_stage, STAGE_SEGS * STAGE_SEG_BYTES) != cudaSuccess) {
+            (void)cudaGetLastError();
+            g_stage = NULL;
+            g_stage_broken = true;
+            return NULL;
+        }
+        for (int i = 0; i < STAGE_SEGS; i++)
+            if (cudaEventCreateWithFlags(&g_stage_ev[i], cudaEventDisableTiming) != cudaSuccess) {
+                (void)cudaGetLastError();
+                g_stage_broken = true;
+                return NULL;
+            }
+    }
+    if (g_stage_off + n > STAGE_SEG_BYTES) {
+        if (cudaEventRecord(g_stage_ev[g_stage_seg], KVF_STREAM) != cudaSuccess) return NULL;
+        g_stage_pending[g_stage_seg] = true;
+        g_stage_seg = (g_stage_seg + 1) % STAGE_SEGS;
+        g_stage_off = 0;
+        if (g_stage_pending[g_stage_seg]) {
+            if (cudaEventSynchronize(g_stage_ev[g_stage_seg]) != cudaSuccess) return NULL;
+            g_stage_pending[g_stage_seg] = false;
+        }
+    }
+    char *p = g_stage + (size_t)g_stage_seg * STAGE_SEG_BYTES + g_stage_off;
+    g_stage_off += (n + 255) & ~(size_t)255;
+    return p;
+}
+
+kvf_status kvf_cuda_upload(void *dst, const void *host, size_t n) {
     if (!n) return KVF_OK;
-    KVF_CU(cudaMemcpy(dst, host, n, cudaMemcpyHostToDevice),
-           "cuda upload of %zu bytes (an earlier kernel may have failed)", n);
+    pthread_mutex_lock(&g_stage_mu);
+    char *s = stage_take(n);
+    cudaError_t e;
+    if (s) {
+        memcpy(s, host, n);
+        e = cudaMemcpyAsync(dst, s, n, cudaMemcpyHostToDevice, KVF_STREAM);
+    } else {
+        e = cudaMemcpy(dst, host, n, cudaMemcpyHostToDevice);
+    }
+    pthread_mutex_unlock(&g_stage_mu);
+    KVF_CU(e, "cuda upload of %zu bytes (an earlier kernel may have failed)", n);
     return KVF_OK;
+}
+
+static kvf_status cuda_upload(void *dst, const void *host, size_t n) {
+    return kvf_cuda_upload(dst, host, n);
 }
 
 static kvf_status cuda_download(void *host, const void *src, size_t n) {

@@ -104,6 +104,10 @@ const struct kvf_cuda_device *kvf_cuda_dev(void);
  * Returns NULL with the error set. */
 void *kvf_cuda_scratch(size_t nbytes, const char *what);
 
+/* Host → device copy ordered on KVF_STREAM; small ones return before the copy is done
+ * (staged through pinned memory: the host buffer may be reused at once). */
+kvf_status kvf_cuda_upload(void *dst, const void *host, size_t n);
+
 /* Blocks for a grid-stride loop over n items with `threads` threads per block. */
 static inline unsigned kvf_cuda_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

@@ -181,12 +181,22 @@ kvf_status kvf_cuda_gemm(const kvf_gemm_args *g) {
     if (g->m < 0 || g->n < 0 || g->k < 0 || g->batch < 0)
         return kvf_error_set(KVF_ERR_SHAPE, "%s: negative size", what);
     if (g->m == 0 || g->n == 0 || g->batch == 0) return KVF_OK;
+    const void *c_in = g->c_in ? g->c_in : g->c;
+    if (c_in != g->c && (g->batch != 1 || g->c_f32))
+        return kvf_error_set(KVF_ERR_ARG, "%s: a separate C input needs batch 1 and C in the "
+                             "inputs' dtype", what);
     if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->batch > INT32_MAX)
         return kvf_error_set(KVF_ERR_SHAPE, "%s: sizes exceed cuBLASLt's 32-bit limits", what);
     const size_t es = kvf_dtype_size(g->dtype);
     const size_t es_c = g->c_f32 ? sizeof(float) : es;
     const bool shared_c = g->stride_c == 0 && g->batch > 1;
     const int64_t nb = shared_c ? 1 : g->batch; /* batches per cuBLASLt call */
+    if (g->k == 0 && c_in != g->c) { /* C = beta·c_in */
+        KVF_CU(cudaMemcpy2DAsync(g->c, (size_t)g->ldc * es, c_in, (size_t)g->ldc * es,
+                                 (size_t)g->n * es, (size_t)g->m, cudaMemcpyDeviceToDevice, KVF_STREAM),
+               "%s: copying the C input", what);
+        return kvf_cuda_scale_inplace(g->c, g->m, g->n, g->ldc, g->beta, g->dtype);
+    }
     if (g->k == 0) { /* C = beta·C for every batch */
         for (int64_t i = 0; i < g->batch; i++) {
             if (shared_c && i > 0 && g->beta == 1.0) break;
@@ -219,6 +229,8 @@ kvf_status kvf_cuda_gemm(const kvf_gemm_args *g) {
     key.align_a = align_of(g->a, g->stride_a * (int64_t)es, ab);
     key.align_b = align_of(g->b, g->stride_b * (int64_t)es, ab);
     key.align_c = align_of(g->c, g->stride_c * (int64_t)es_c, nb);
+    const uint32_t align_ci = align_of(c_in, 0, 1);
+    if (align_ci < key.align_c) key.align_c = align_ci;
     plan *p = plan_get(&key, what);
     if (!p) return kvf_error_code();
     const float alpha = (float)g->alpha, beta = (float)g->beta;
@@ -226,7 +238,7 @@ kvf_status kvf_cuda_gemm(const kvf_gemm_args *g) {
     for (int64_t i = 0; i < calls; i++) {
         const char *a = (const char *)g->a + (size_t)(i * g->stride_a) * es;
         const char *b = (const char *)g->b + (size_t)(i * g->stride_b) * es;
-        KVF_LT(cublasLtMatmul(g_lt, p->op, &alpha, b, p->la, a, p->lb, &beta, g->c, p->lc, g->c,
+        KVF_LT(cublasLtMatmul(g_lt, p->op, &alpha, b, p->la, a, p->lb, &beta, c_in, p->lc, g->c,
                               p->lc, &p->algo, g_ws, GEMM_WORKSPACE, KVF_STREAM),
                "%s", what);
     }

@@ -88,9 +88,9 @@ static kvf_status cuda_adamw(const kvf_adamw_args *a) {
         free(host);
         return kvf_error_code();
     }
-    cudaError_t e = cudaMemcpy(dev, host, sizeof(aw_seg_dev) * (size_t)n, cudaMemcpyHostToDevice);
+    kvf_status st = kvf_cuda_upload(dev, host, sizeof(aw_seg_dev) * (size_t)n);
     free(host);
-    KVF_CU(e, "adamw: uploading the table of %d segments (%lld elements)", n, (long long)total);
+    if (st != KVF_OK) return st;
     if (total == 0) return KVF_OK;
     const int64_t blocks = (total + AW_TILE - 1) / AW_TILE;
     if (blocks > 0x7fffffff)

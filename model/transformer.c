@@ -186,6 +186,14 @@ static kvf_tensor *linear(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_t
     return b ? kvf_add(ctx, y, compute_w(m, ctx, b)) : y;
 }
 
+/* r + x · Wᵀ (+ b): a residual after a projection, added in the GEMM's epilogue when
+ * there is no bias (no product tensor kept in the arena, no add pass) */
+static kvf_tensor *linear_res(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *r, kvf_tensor *x,
+                              kvf_tensor *w, kvf_tensor *b) {
+    if (b) return kvf_add(ctx, r, linear(m, ctx, x, w, b));
+    return kvf_matmul_add(ctx, r, x, compute_w(m, ctx, w), true);
+}
+
 static kvf_tensor *norm(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
                         kvf_tensor *b) {
     const kvf_model_config *c = &m->cfg;
@@ -206,9 +214,10 @@ static kvf_tensor *buffer(kvf_ctx *ctx, const kvf_tensor *t) {
  * not rms_norm_eps (HF builds them with DeepseekV3RMSNorm's default). */
 #define KVF_MLA_LATENT_NORM_EPS 1e-6
 
-/* Layer l's attention on its normed input h. A producer computes K/V into *k, *v (they
- * are also what its consumers read); a consumer (CLA) reads its producer's from *k, *v. */
-static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h,
+/* The residual x plus layer l's attention on its normed input h. A producer computes K/V
+ * into *k, *v (they are also what its consumers read); a consumer (CLA) reads its
+ * producer's from *k, *v. */
+static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *x, kvf_tensor *h,
                                    kvf_tensor **k_io, kvf_tensor **v_io, kvf_tensor *inv_freq) {
     const kvf_model_config *c = &m->cfg;
     const struct kvf_layer_weights *L = &m->layers[l];
@@ -217,11 +226,13 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
     bool prod = kvf_model_is_producer(c, l);
     kvf_tensor *q = NULL;
     if (c->attn == KVF_ATTN_STANDARD) {
+        /* the projections are fresh and read by RoPE alone: rotated in place, so the arena
+         * keeps one copy of Q and K */
         q = heads(ctx, linear(m, ctx, h, L->q_w, L->q_b), B, T, nq, hd);
-        if (c->pos == KVF_POS_ROPE) q = kvf_rope(ctx, q, NULL, inv_freq, c->rope_layout);
+        if (c->pos == KVF_POS_ROPE) q = kvf_rope_inplace(ctx, q, NULL, inv_freq, c->rope_layout);
         if (prod) {
             kvf_tensor *k = heads(ctx, linear(m, ctx, h, L->k_w, L->k_b), B, T, nkv, hd);
-            if (c->pos == KVF_POS_ROPE) k = kvf_rope(ctx, k, NULL, inv_freq, c->rope_layout);
+            if (c->pos == KVF_POS_ROPE) k = kvf_rope_inplace(ctx, k, NULL, inv_freq, c->rope_layout);
             *k_io = k;
             *v_io = heads(ctx, linear(m, ctx, h, L->v_w, L->v_b), B, T, nkv, vd);
         }
@@ -277,10 +288,11 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
     kvf_attn_cfg acfg = {.scale = (float)c->softmax_scale, .causal = true, .window = c->window[l]};
     kvf_tensor *o = kvf_attention(ctx, q, *k_io, *v_io, &acfg);
     o = kvf_reshape(ctx, o, 3, (int64_t[]){B, T, nq * vd});
-    return linear(m, ctx, o, L->o_w, L->o_b);
+    return linear_res(m, ctx, x, o, L->o_w, L->o_b);
 }
 
-static kvf_tensor *mlp_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h) {
+/* The residual x plus layer l's MLP on its normed input h. */
+static kvf_tensor *mlp_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *x, kvf_tensor *h) {
     const kvf_model_config *c = &m->cfg;
     const struct kvf_layer_weights *L = &m->layers[l];
     kvf_tensor *a;
@@ -288,7 +300,7 @@ static kvf_tensor *mlp_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *h) {
         a = kvf_swiglu(ctx, linear(m, ctx, h, L->gate_w, L->gate_b), linear(m, ctx, h, L->up_w, L->up_b));
     else
         a = kvf_gelu(ctx, linear(m, ctx, h, L->up_w, L->up_b), c->gelu_exact ? KVF_GELU_ERF : KVF_GELU_TANH);
-    return linear(m, ctx, a, L->down_w, L->down_b);
+    return linear_res(m, ctx, x, a, L->down_w, L->down_b);
 }
 
 /* One transformer block as a kvf_recompute_fn: in {x, inv_freq, producer K, producer V}
@@ -311,10 +323,8 @@ static kvf_status block_fn(kvf_ctx *ctx, const void *ud_, kvf_tensor *const *in,
     kvf_tensor *h = norm(m, ctx, x, L->ln1_w, L->ln1_b);
     /* the hook sees each layer once, not again when a checkpointed block is re-run */
     if (h && m->hook && !kvf_ctx_recomputing(ctx)) KVF_TRY(m->hook(l, h, m->hook_ud));
-    kvf_tensor *a = h ? attention_block(m, ctx, l, h, &k, &v, in[1]) : NULL;
-    x = kvf_add(ctx, x, a);
-    kvf_tensor *f = mlp_block(m, ctx, l, norm(m, ctx, x, L->ln2_w, L->ln2_b));
-    x = kvf_add(ctx, x, f);
+    x = h ? attention_block(m, ctx, l, x, h, &k, &v, in[1]) : NULL;
+    x = x ? mlp_block(m, ctx, l, x, norm(m, ctx, x, L->ln2_w, L->ln2_b)) : NULL;
     if (!x) return kvf_error_code();
     out[0] = x;
     if (ud->pass_kv) {

@@ -35,7 +35,18 @@
 #include "convert/convert.h"
 #include "convert/linalg.h"
 #include "data/fsutil.h"
+#ifdef KVF_WITH_CUDA
 #include "gpu/cudnn_attention.h"
+#else /* a CPU-only build: the suite skips before anything calls these */
+static int kvf_cudnn_enable(int on) {
+    (void)on;
+    return 0;
+}
+static int kvf_cudnn_available(int *version) {
+    if (version) *version = 0;
+    return 0;
+}
+#endif
 #include "model/checkpoint.h"
 #include "model/transformer.h"
 #include "model/variant.h"
@@ -356,6 +367,31 @@ START_TEST(matmul_vs_cpu) {
 }
 END_TEST
 
+/* r + a·op(b) with the add in cuBLASLt's epilogue (C input ≠ output), and an r the
+ * epilogue does not take (broadcast: matmul then add) */
+static kvf_tensor *f_matmul_add(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct mm_case *c = ud;
+    return kvf_matmul_add(ctx, in[2], in[0], in[1], c->tb);
+}
+
+static const struct mm_case mma_cases[] = {
+    {"residual 2x100x64 + ·(96x64)ᵀ", false, true, SPEC_F(2, 100, 64), SPEC_F(96, 64)},
+    {"residual odd 33x129 + ·129x65", false, false, SPEC_F(33, 129), SPEC_F(129, 65)},
+    {"broadcast r [9] + 3x5x7 · (9x7)ᵀ", false, true, SPEC_F(3, 5, 7), SPEC_F(9, 7)},
+};
+
+START_TEST(matmul_add_vs_cpu) {
+    const struct mm_case *c = &mma_cases[_i];
+    int64_t n = c->tb ? c->b.shape[0] : c->b.shape[1];
+    struct spec r = c->a;
+    if (_i == 2) r = (struct spec)SPEC_F(n);
+    else r.shape[r.ndim - 1] = n;
+    struct spec sp[3] = {c->a, c->b, r};
+    for (int d = 0; d < 2; d++)
+        ck_assert_msg(compare_op(c->name, f_matmul_add, (void *)c, 3, sp, DTYPES[d], 0), "%s", c->name);
+}
+END_TEST
+
 /* ---- elementwise ------------------------------------------------------------------------------- */
 
 enum ew_op { EW_ADD, EW_SUB, EW_MUL, EW_DIV, EW_SCALE, EW_EXP, EW_LOG, EW_SILU, EW_GELU_T, EW_GELU_E,
@@ -527,6 +563,14 @@ static kvf_tensor *f_rope(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     return kvf_rope(ctx, in[0], pos, freq, c->layout);
 }
 
+/* The same rotation in place over a fresh copy of x (the model's Q and K projections). */
+static kvf_tensor *f_rope_inplace(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct rope_case *c = ud;
+    kvf_tensor *freq = c->per_head ? in[1] : kvf_rope_inv_freq(ctx, 2 * c->F, 10000.0);
+    kvf_tensor *pos = c->with_pos ? in[c->per_head ? 2 : 1] : NULL;
+    return kvf_rope_inplace(ctx, kvf_scale(ctx, in[0], 1.0), pos, freq, c->layout);
+}
+
 static const struct rope_case rope_cases[] = {
     {"half full [2,5,3,8]", 2, 5, 3, 8, 4, KVF_ROPE_HALF, false, false},
     {"interleaved full [2,5,3,8]", 2, 5, 3, 8, 4, KVF_ROPE_INTERLEAVED, false, false},
@@ -547,8 +591,11 @@ START_TEST(rope_vs_cpu) {
         sp[n++].no_grad = true;
     }
     if (c->with_pos) sp[n++] = (struct spec){.kind = IN_IDS, .ndim = 1, .shape = {c->T}, .vocab = 40000};
-    for (int d = 0; d < 2; d++)
+    for (int d = 0; d < 2; d++) {
         ck_assert_msg(compare_op(c->name, f_rope, (void *)c, n, sp, DTYPES[d], 0), "%s", c->name);
+        ck_assert_msg(compare_op(c->name, f_rope_inplace, (void *)c, n, sp, DTYPES[d], 0),
+                      "%s (in place)", c->name);
+    }
 }
 END_TEST
 
@@ -1569,6 +1616,7 @@ int main(void) {
     const char *only = getenv("KVF_GPU_TESTS");
 #define WANT(group) (!only || !*only || strstr(only, group))
     if (WANT("matmul")) tcase_add_loop_test(tc, matmul_vs_cpu, 0, NCASES(mm_cases));
+    if (WANT("matmul")) tcase_add_loop_test(tc, matmul_add_vs_cpu, 0, NCASES(mma_cases));
     if (WANT("gemm")) tcase_add_test(tc, gemm_contract);
     if (WANT("elementwise")) tcase_add_loop_test(tc, elementwise_vs_cpu, 0, NCASES(ew_cases));
     if (WANT("reduce")) tcase_add_loop_test(tc, views_reductions_vs_cpu, 0, NCASES(rv_cases));

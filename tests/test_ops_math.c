@@ -251,6 +251,71 @@ START_TEST(add_shares_gradient) {
 }
 END_TEST
 
+/* kvf_matmul_add: a residual chain of projections (the addend takes the product's
+ * gradient as its own), an addend read again later, the addend as the left operand too,
+ * and an addend the epilogue does not take (broadcast: the two-op path). */
+static kvf_tensor *f_matmul_add(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    (void)ud;
+    kvf_tensor *x = in[0], *w = in[1], *w2 = in[2], *rb = in[3];
+    kvf_tensor *h = x;
+    for (int i = 0; i < 2; i++) h = kvf_matmul_add(ctx, h, kvf_exp(ctx, kvf_scale(ctx, h, 0.3)), w, true);
+    kvf_tensor *y = kvf_matmul_add(ctx, x, h, w2, false);
+    kvf_tensor *z = kvf_matmul_add(ctx, y, y, w, true);
+    kvf_tensor *u = kvf_matmul_add(ctx, rb, z, w2, false);
+    return kvf_add(ctx, u, kvf_scale(ctx, x, 2.0));
+}
+
+START_TEST(matmul_add_grad) {
+    struct gc_input in[4];
+    gc_input_randn(&in[0], &rng, 0.5, 3, (int64_t[]){2, 3, 4});
+    gc_input_randn(&in[1], &rng, 0.3, 2, (int64_t[]){4, 4});
+    gc_input_randn(&in[2], &rng, 0.3, 2, (int64_t[]){4, 4});
+    gc_input_randn(&in[3], &rng, 0.5, 1, (int64_t[]){4});
+    ck_assert(kvf_gradcheck("matmul_add", f_matmul_add, NULL, 4, in, NULL));
+    gc_inputs_free(4, in);
+}
+END_TEST
+
+/* On the CPU (the reference) the fused op gives the bits of a matmul followed by an add:
+ * output and every gradient, in f32 and f64. */
+static void matmul_add_run(kvf_dtype dt, bool fused, const double *v, double *out) {
+    enum { M = 6, K = 5, N = 7 };
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    kvf_tensor *r = kvf_tensor_new(ctx, dt, 2, (int64_t[]){M, N});
+    kvf_tensor *a = kvf_tensor_new(ctx, dt, 2, (int64_t[]){M, K});
+    kvf_tensor *w = kvf_tensor_new(ctx, dt, 2, (int64_t[]){N, K});
+    kvf_tensor *g = kvf_tensor_new(ctx, dt, 2, (int64_t[]){M, N});
+    kvf_tensor *t[4] = {r, a, w, g};
+    const double *p = v;
+    for (int k = 0; k < 4; k++)
+        for (int64_t i = 0; i < kvf_tensor_numel(t[k]); i++) kvf_tensor_set_flat(t[k], i, *p++);
+    r->requires_grad = a->requires_grad = w->requires_grad = true;
+    kvf_tensor *y = fused ? kvf_matmul_add(ctx, r, a, w, true)
+                          : kvf_add(ctx, r, kvf_matmul(ctx, a, w, false, true));
+    /* r is read again after the fused op, so its gradient is a sum */
+#define FLAT_SUM(t) kvf_sum(ctx, kvf_reshape(ctx, (t), 1, (int64_t[]){M * N}), 0, true)
+    kvf_tensor *loss = kvf_add(ctx, FLAT_SUM(kvf_mul(ctx, y, g)), FLAT_SUM(kvf_exp(ctx, r)));
+#undef FLAT_SUM
+    ck_assert_msg(loss && kvf_backward(ctx, loss) == KVF_OK, "%s", kvf_error_message());
+    for (int64_t i = 0; i < M * N; i++) *out++ = kvf_tensor_get_flat(y, i);
+    for (int k = 0; k < 3; k++)
+        for (int64_t i = 0; i < kvf_tensor_numel(t[k]); i++) *out++ = kvf_tensor_get_flat(t[k]->grad, i);
+    kvf_ctx_free(ctx);
+}
+
+START_TEST(matmul_add_bitwise) {
+    double v[42 + 30 + 35 + 42], two[2][42 + 42 + 30 + 35];
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) v[i] = kvf_rng_normal(&rng);
+    kvf_dtype dts[2] = {KVF_DTYPE_F32, KVF_DTYPE_F64};
+    for (int d = 0; d < 2; d++) {
+        matmul_add_run(dts[d], false, v, two[0]);
+        matmul_add_run(dts[d], true, v, two[1]);
+        ck_assert_msg(memcmp(two[0], two[1], sizeof two[0]) == 0, "%s: matmul_add differs from "
+                      "matmul + add", kvf_dtype_name(dts[d]));
+    }
+}
+END_TEST
+
 static kvf_tensor *f_cast(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     /* f64 → f32 → back: gradients cross dtypes */
     kvf_dtype other = in[0]->dtype == KVF_DTYPE_F64 ? KVF_DTYPE_F32 : KVF_DTYPE_F64;
@@ -281,6 +346,8 @@ int main(void) {
     tcase_add_test(tc, views_share_gradient_bitwise);
     tcase_add_test(tc, add_shares_gradient);
     tcase_add_test(tc, cast_grad);
+    tcase_add_test(tc, matmul_add_grad);
+    tcase_add_test(tc, matmul_add_bitwise);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -15,12 +15,15 @@ struct rope_case {
     bool explicit_pos; /* in[2] holds positions */
     bool fused;        /* in[0] is [B, T, H, D + 3]: rotate a strided slice of it */
     bool twice;        /* rope(x) + x: the backward must accumulate into dx */
+    bool inplace;      /* kvf_rope_inplace on a fresh 1.5·x */
 };
 
 static kvf_tensor *f_rope(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     struct rope_case *c = ud;
     kvf_tensor *x = in[0];
     if (c->fused) x = kvf_slice(ctx, x, 3, 2, x->shape[3] - 3);
+    if (c->inplace)
+        return kvf_rope_inplace(ctx, kvf_scale(ctx, x, 1.5), c->explicit_pos ? in[2] : NULL, in[1], c->layout);
     kvf_tensor *y = kvf_rope(ctx, x, c->explicit_pos ? in[2] : NULL, in[1], c->layout);
     return c->twice ? kvf_add(ctx, y, x) : y;
 }
@@ -69,6 +72,18 @@ START_TEST(rope_grad_layouts) {
         struct rope_case c = {.layout = l ? KVF_ROPE_INTERLEAVED : KVF_ROPE_HALF};
         ck_assert_msg(check_rope("rope full", c, 2, 5, 3, 8, 4, false), "layout %d", l);
         ck_assert_msg(check_rope("rope odd", c, 1, 7, 2, 6, 3, false), "layout %d", l);
+    }
+}
+END_TEST
+
+/* In place over a fresh tensor: the same gradients (the backward reads no values), on a
+ * strided slice too (rotated in a contiguous copy). */
+START_TEST(rope_grad_inplace) {
+    for (int l = 0; l < 2; l++) {
+        struct rope_case c = {.layout = l ? KVF_ROPE_INTERLEAVED : KVF_ROPE_HALF, .inplace = true};
+        ck_assert_msg(check_rope("rope in place", c, 2, 5, 3, 8, 3, false), "layout %d", l);
+        c.explicit_pos = c.fused = true;
+        ck_assert_msg(check_rope("rope in place, slice", c, 1, 4, 2, 8, 4, true), "layout %d", l);
     }
 }
 END_TEST
@@ -287,6 +302,7 @@ int main(void) {
     Suite *s = suite_create("ops_rope");
     TCase *tc = tcase_create("rope");
     tcase_add_test(tc, rope_grad_layouts);
+    tcase_add_test(tc, rope_grad_inplace);
     tcase_add_test(tc, rope_grad_partial);
     tcase_add_test(tc, rope_grad_per_head);
     tcase_add_test(tc, rope_grad_positions_strided);

@@ -33,7 +33,29 @@ kvf_status kvf_cpu_gemm(const kvf_gemm_args *g) {
     KVF_CHECK(g->m < INT32_MAX && g->n < INT32_MAX && g->k < INT32_MAX, KVF_ERR_SHAPE,
               "gemm: %lldx%lldx%lld exceeds BLAS's 32-bit sizes", (long long)g->m,
               (long long)g->n, (long long)g->k);
+    KVF_CHECK(!g->c_in || (g->batch == 1 && !g->c_f32), KVF_ERR_ARG,
+              "gemm: a separate C input needs batch 1 and C in the inputs' dtype");
     if (g->m == 0 || g->n == 0) return KVF_OK;
+    if (g->c_in && g->c_in != g->c) {
+        /* the product first, then the addend: the same sums, in the same order, as a
+         * matmul followed by an add (the CPU is the reference) */
+        kvf_gemm_args p = *g;
+        p.c_in = NULL;
+        p.beta = 0.0;
+        gemm_one(&p, 0);
+        const size_t es = kvf_dtype_size(g->dtype);
+        for (int64_t r = 0; r < g->m; r++) {
+            char *c = (char *)g->c + (size_t)(r * g->ldc) * es;
+            const char *ci = (const char *)g->c_in + (size_t)(r * g->ldc) * es;
+            if (g->dtype == KVF_DTYPE_F32)
+                for (int64_t j = 0; j < g->n; j++)
+                    ((float *)c)[j] += (float)g->beta * ((const float *)ci)[j];
+            else
+                for (int64_t j = 0; j < g->n; j++)
+                    ((double *)c)[j] += g->beta * ((const double *)ci)[j];
+        }
+        return KVF_OK;
+    }
     /* batches sharing C (stride_c == 0) must run in order: never in parallel */
     bool small = g->m * g->n * g->k < (int64_t)128 * 128 * 128;
     if (g->batch > 1 && small && g->stride_c != 0) {
