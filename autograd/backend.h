@@ -75,6 +75,9 @@ struct kvf_adamw_args {
     const struct kvf_adamw_seg *segs; /* host array */
     int n_segs;
     double beta1, beta2, eps, bc1, bc2_sqrt;
+    /* g is read as (f32)(grad_scale·g), the bits of scaling the buffer first (clipping
+     * deferred into the update: optim/clip.h); 1 or 0 (unset): as it is */
+    double grad_scale;
 };
 typedef struct kvf_adamw_args kvf_adamw_args;
 

@@ -419,6 +419,15 @@ kvf_tensor *kvf_tensor_from_host(kvf_ctx *ctx, kvf_dtype dtype, int ndim, const 
     kvf_tensor *t = kvf_tensor_new(ctx, dtype, ndim, shape);
     if (!t) return NULL;
     if (ctx->be->upload(t->storage->data, host, t->storage->nbytes) != KVF_OK) return NULL;
+    if (dtype == KVF_DTYPE_I32 && ctx->be->device != KVF_DEVICE_CPU) {
+        void *mirror = kvf_ctx_alloc_host(ctx, t->storage->nbytes);
+        if (mirror) {
+            memcpy(mirror, host, t->storage->nbytes);
+            t->storage->host_ids = mirror;
+        } else {
+            kvf_error_clear(); /* no mirror: the ids are downloaded when checked */
+        }
+    }
     return t;
 }
 

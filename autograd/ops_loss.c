@@ -11,6 +11,8 @@
 static const int32_t *ids_on_host(const kvf_tensor *ids, int32_t **owned) {
     *owned = NULL;
     if (kvf_tensor_device(ids) == KVF_DEVICE_CPU) return kvf_tensor_data(ids);
+    if (ids->storage->host_ids && kvf_tensor_is_contiguous(ids))
+        return (const int32_t *)ids->storage->host_ids + ids->offset;
     size_t nb = kvf_tensor_nbytes(ids);
     *owned = malloc(nb ? nb : 1);
     if (!*owned) {

@@ -35,6 +35,9 @@ struct kvf_storage {
     bool pooled; /* a backward block (context.c): freed when refs falls to 0 after a rule */
     int refs;    /* pooled: how many tensors hold it as their ->grad */
     int slot;    /* pooled: index in the ctx's list of live blocks */
+    /* i32 ids uploaded by kvf_tensor_from_host to a device: their host copy (the ctx's host
+     * memory), so that ops checking ids on the host need no download (a stream drain) */
+    const void *host_ids;
 };
 
 struct kvf_tensor {

@@ -51,6 +51,23 @@ static size_t gpu_free(void) {
     return fr;
 }
 
+/* High-water marks of the default memory pool (the backward's temporaries), reset after
+ * reading: reserved from the driver and in use at once. */
+static void pool_high(double *reserved_gb, double *used_gb) {
+    cudaMemPool_t pool;
+    int dev = 0;
+    uint64_t r = 0, u = 0, zero = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &r);
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &u);
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero);
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero);
+    }
+    (void)cudaGetLastError();
+    *reserved_gb = (double)r / 1e9;
+    *used_gb = (double)u / 1e9;
+}
+
 struct opts {
     const char *variants;
     int64_t batch, seq;
@@ -95,9 +112,9 @@ static kvf_status step(struct step_ctx *s, double *loss, double *norm, double *t
         t0 = now_s();
     }
     kvf_clip_info ci;
-    KVF_TRY(kvf_clip_grad_norm(s->m->params, 1.0, &ci));
+    KVF_TRY(kvf_clip_grad_norm_deferred(s->m->params, 1.0, &ci));
     *norm = ci.norm;
-    KVF_TRY(kvf_optimizer_step(s->opt, 3e-4));
+    KVF_TRY(kvf_optimizer_step_scaled(s->opt, 3e-4, ci.scale));
     if (t) {
         double dummy;
         KVF_TRY(kvf_tensor_item(l, &dummy)); /* waits for the update */
@@ -121,6 +138,8 @@ static int run_variant(const char *variant, const struct opts *o, bool quiet) {
         return 1;
     }
     size_t free0 = gpu_free();
+    double pool_r, pool_u;
+    pool_high(&pool_r, &pool_u);
     /* initialise on the CPU, as the trainer does, then copy to the GPU */
     kvf_model *mc = kvf_model_init(&c, KVF_DEVICE_CPU);
     kvf_model *m = NULL;
@@ -173,11 +192,13 @@ static int run_variant(const char *variant, const struct opts *o, bool quiet) {
         double arena_gb = (double)kvf_ctx_arena_reserved(ctx) / 1e9;
         double peak_gb = (double)kvf_ctx_arena_peak(ctx) / 1e9;
         double state_gb = (double)kvf_params_numel(m->params) * 16.0 / 1e9;
+        pool_high(&pool_r, &pool_u);
         fprintf(stderr, "%-10s B %2lld T %5lld %s | %8.0f tok/s | %7.1f ms/step | %5.1f TFLOP/s | "
-                "mem %.2f GB (arena %.2f, peak in use %.2f, params+grads+adam %.2f) | loss %.4f | "
+                "mem %.2f GB (arena %.2f, peak in use %.2f, backward pool %.2f reserved / %.2f used, "
+                "params+grads+adam %.2f) | loss %.4f | "
                 "warm-up %.1fs%s",
                 variant, (long long)o->batch, (long long)o->seq, kvf_dtype_name(o->dtype), tps,
-                1e3 * tt / o->steps, flops_tok * tps / 1e12, mem_gb, arena_gb, peak_gb, state_gb, loss,
+                1e3 * tt / o->steps, flops_tok * tps / 1e12, mem_gb, arena_gb, peak_gb, pool_r, pool_u, state_gb, loss,
                 tw, o->recompute == KVF_RECOMPUTE_BLOCKS ? " | recompute blocks" : "");
         if (o->profile)
             fprintf(stderr, " | fwd %.1f bwd %.1f opt %.1f ms (host queues fwd in %.1f, bwd in %.1f)",

@@ -43,7 +43,8 @@ __device__ __forceinline__ int aw_find(const aw_seg_dev *s, int n, int64_t e) {
 
 __global__ void k_adamw(float *__restrict__ p, const float *__restrict__ g, float *__restrict__ m,
                         float *__restrict__ v, const aw_seg_dev *__restrict__ segs, int n_segs,
-                        int64_t total, double b1, double b2, double eps, double bc2_sqrt) {
+                        int64_t total, double b1, double b2, double eps, double bc2_sqrt,
+                        double gscale) {
     const int64_t t0 = (int64_t)blockIdx.x * AW_TILE;
     int64_t e = t0 + threadIdx.x;
     if (e >= total) return;
@@ -52,7 +53,7 @@ __global__ void k_adamw(float *__restrict__ p, const float *__restrict__ g, floa
     for (; e < t1; e += AW_THREADS) {
         while (s + 1 < n_segs && segs[s + 1].offset <= e) s++;
         if (s < 0 || e >= segs[s].end) continue; /* alignment padding */
-        const double gi = (double)g[e];
+        const double gi = gscale == 1.0 ? (double)g[e] : (double)(float)(gscale * (double)g[e]);
         const double mi = b1 * (double)m[e] + (1.0 - b1) * gi;
         const double vi = b2 * (double)v[e] + (1.0 - b2) * gi * gi;
         double pi = (double)p[e] * segs[s].decay;
@@ -97,7 +98,8 @@ static kvf_status cuda_adamw(const kvf_adamw_args *a) {
         return kvf_error_set(KVF_ERR_ARG, "adamw: %lld elements are too many for one launch",
                              (long long)total);
     k_adamw<<<(unsigned)blocks, AW_THREADS, 0, KVF_STREAM>>>(a->p, a->g, a->m, a->v, dev, n, total,
-                                                             a->beta1, a->beta2, a->eps, a->bc2_sqrt);
+                                                             a->beta1, a->beta2, a->eps, a->bc2_sqrt,
+                                                             a->grad_scale > 0 ? a->grad_scale : 1.0);
     KVF_LAUNCH("k_adamw", "adamw over %lld elements in %d segments", (long long)total, n);
     return KVF_OK;
 }

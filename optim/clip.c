@@ -83,7 +83,7 @@ kvf_status kvf_grads_scale(kvf_params *p, double factor) {
     return KVF_OK;
 }
 
-kvf_status kvf_clip_grad_norm(kvf_params *p, double max_norm, kvf_clip_info *info) {
+static kvf_status clip(kvf_params *p, double max_norm, kvf_clip_info *info, bool apply) {
     KVF_CHECK(info, KVF_ERR_ARG, "grad clip: NULL info");
     KVF_CHECK(isfinite(max_norm) && max_norm >= 0, KVF_ERR_ARG,
               "grad clip: max_norm must be a finite number >= 0 (0 disables), got %g", max_norm);
@@ -93,9 +93,17 @@ kvf_status kvf_clip_grad_norm(kvf_params *p, double max_norm, kvf_clip_info *inf
     if (!info->finite || max_norm == 0) return KVF_OK;
     double coef = max_norm / (info->norm + 1e-6);
     if (coef < 1.0) {
-        KVF_TRY(kvf_grads_scale(p, coef));
+        if (apply) KVF_TRY(kvf_grads_scale(p, coef));
         info->clipped = true;
         info->scale = coef;
     }
     return KVF_OK;
+}
+
+kvf_status kvf_clip_grad_norm(kvf_params *p, double max_norm, kvf_clip_info *info) {
+    return clip(p, max_norm, info, true);
+}
+
+kvf_status kvf_clip_grad_norm_deferred(kvf_params *p, double max_norm, kvf_clip_info *info) {
+    return clip(p, max_norm, info, false);
 }

@@ -25,6 +25,9 @@ kvf_status kvf_grad_norm(const kvf_params *p, double *norm);
 /* Norm, finiteness and, when max_norm > 0 and the norm is finite, clipping to max_norm.
  * max_norm 0 disables clipping (norm and finiteness only); negative is KVF_ERR_ARG. */
 kvf_status kvf_clip_grad_norm(kvf_params *p, double max_norm, kvf_clip_info *info);
+/* The same decision without the scaling pass: info->scale is the factor to hand to
+ * kvf_optimizer_step_scaled (info->clipped says whether it is not 1). */
+kvf_status kvf_clip_grad_norm_deferred(kvf_params *p, double max_norm, kvf_clip_info *info);
 
 /* g ← factor·g over the whole gradient buffer (clipping, gradient accumulation). */
 kvf_status kvf_grads_scale(kvf_params *p, double factor);

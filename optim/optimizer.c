@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "autograd/backend.h"
+#include "clip.h"
 
 /* Parameters below this many elements are updated on one thread. */
 #define OPTIM_PAR_MIN 32768
@@ -235,9 +236,15 @@ DEFINE_UPDATES(float, f32)
 DEFINE_UPDATES(double, f64)
 
 kvf_status kvf_optimizer_step(kvf_optimizer *o, double lr) {
+    return kvf_optimizer_step_scaled(o, lr, 1.0);
+}
+
+kvf_status kvf_optimizer_step_scaled(kvf_optimizer *o, double lr, double grad_scale) {
     KVF_CHECK(o, KVF_ERR_ARG, "optimizer: NULL optimizer");
     KVF_CHECK(isfinite(lr) && lr >= 0, KVF_ERR_ARG,
               "optimizer: lr must be a finite number >= 0, got %g", lr);
+    KVF_CHECK(isfinite(grad_scale) && grad_scale > 0, KVF_ERR_ARG,
+              "optimizer: grad_scale must be a finite number > 0, got %g", grad_scale);
     kvf_tensor *pv = kvf_params_values(o->params), *gv = kvf_params_grads(o->params);
     bool f64 = pv->dtype == KVF_DTYPE_F64;
     char *P = kvf_tensor_data(pv), *G = kvf_tensor_data(gv);
@@ -257,12 +264,14 @@ kvf_status kvf_optimizer_step(kvf_optimizer *o, double lr) {
                                              lr * o->slots[i].lr_mult, o->slots[i].wd};
         kvf_adamw_args a = {.p = (float *)P, .m = (float *)M, .v = (float *)V, .g = (const float *)G,
                             .segs = segs, .n_segs = o->n, .beta1 = c->beta1, .beta2 = c->beta2,
-                            .eps = c->eps, .bc1 = bc1, .bc2_sqrt = bc2_sqrt};
+                            .eps = c->eps, .bc1 = bc1, .bc2_sqrt = bc2_sqrt, .grad_scale = grad_scale};
         kvf_status st = be->adamw(&a);
         free(segs);
         if (st == KVF_OK) o->step = t;
         return st;
     }
+    /* the CPU loops read the gradients as they are: scale the buffer first (same bits) */
+    if (grad_scale != 1.0) KVF_TRY(kvf_grads_scale(o->params, grad_scale));
     for (int i = 0; i < o->n; i++) {
         const struct param_slot *s = &o->slots[i];
         size_t off = (size_t)s->offset * es;

@@ -65,6 +65,10 @@ kvf_status kvf_optimizer_param_settings(const kvf_optimizer *o, int i, double *w
  * AdamW bias correction uses t = step count after the call. KVF_ERR_ARG for an lr that
  * is negative or not finite. Does not look at the gradients' finiteness: see clip.h. */
 kvf_status kvf_optimizer_step(kvf_optimizer *o, double lr);
+/* The update as if the gradients had been multiplied by grad_scale (> 0) first: deferred
+ * clipping (clip.h). The fused device AdamW reads them scaled, one pass over the buffer
+ * fewer, and leaves them as they were; the CPU scales the buffer. */
+kvf_status kvf_optimizer_step_scaled(kvf_optimizer *o, double lr, double grad_scale);
 
 /* Checkpoint hooks. m: AdamW exp_avg / SGD momentum_buffer (NULL for SGD without momentum);
  * v: AdamW exp_avg_sq (NULL for SGD). Both are 1-D tensors of kvf_params_numel elements

@@ -1123,12 +1123,14 @@ START_TEST(adamw_and_norm_vs_cpu) {
                                     sizeof(float) * (size_t)np), KVF_OK);
         kvf_clip_info ci_c, ci_g;
         ck_assert_int_eq(kvf_clip_grad_norm(mc->params, 1.0, &ci_c), KVF_OK);
-        ck_assert_msg(kvf_clip_grad_norm(mg->params, 1.0, &ci_g) == KVF_OK, "%s", kvf_error_message());
+        /* the GPU defers the clipping into the fused update (the trainer's way) */
+        ck_assert_msg(kvf_clip_grad_norm_deferred(mg->params, 1.0, &ci_g) == KVF_OK, "%s", kvf_error_message());
         ck_assert_msg(fabs(ci_g.norm - ci_c.norm) <= 1e-12 * ci_c.norm, "norm gpu %.17g cpu %.17g",
                       ci_g.norm, ci_c.norm);
         ck_assert_int_eq(ci_g.clipped, ci_c.clipped);
         ck_assert_int_eq(kvf_optimizer_step(oc_cpu, 1e-2), KVF_OK);
-        ck_assert_msg(kvf_optimizer_step(oc_gpu, 1e-2) == KVF_OK, "%s", kvf_error_message());
+        ck_assert_msg(kvf_optimizer_step_scaled(oc_gpu, 1e-2, ci_g.scale) == KVF_OK, "%s",
+                      kvf_error_message());
     }
     ck_assert_int_eq(kvf_optimizer_step_count(oc_gpu), 4);
     const kvf_tensor *pairs[3][2] = {{kvf_params_values(mg->params), kvf_params_values(mc->params)},
@@ -1185,9 +1187,9 @@ static void train_steps(kvf_model *m, kvf_ctx *ctx, int n, double *losses) {
         ck_assert_msg(kvf_backward(ctx, l) == KVF_OK, "%s", kvf_error_message());
         ck_assert_int_eq(kvf_tensor_item(l, &losses[s]), KVF_OK);
         kvf_clip_info ci;
-        ck_assert_msg(kvf_clip_grad_norm(m->params, 1.0, &ci) == KVF_OK, "%s", kvf_error_message());
+        ck_assert_msg(kvf_clip_grad_norm_deferred(m->params, 1.0, &ci) == KVF_OK, "%s", kvf_error_message());
         ck_assert(ci.finite);
-        ck_assert_msg(kvf_optimizer_step(o, 3e-3) == KVF_OK, "%s", kvf_error_message());
+        ck_assert_msg(kvf_optimizer_step_scaled(o, 3e-3, ci.scale) == KVF_OK, "%s", kvf_error_message());
     }
     kvf_ctx_reset(ctx);
     kvf_optimizer_free(o);
@@ -1595,6 +1597,34 @@ START_TEST(convert_on_cuda) {
 }
 END_TEST
 
+/* Ids uploaded from the host are checked against that host copy (no download); views at
+ * an offset read the right part of it, and a bad id is still named. */
+START_TEST(ids_checked_on_gpu) {
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CUDA);
+    ck_assert_ptr_nonnull(ctx);
+    int32_t ids[6] = {0, 1, 2, 3, 4, 9};
+    kvf_tensor *logits = kvf_tensor_zeros(ctx, KVF_DTYPE_F32, 2, (int64_t[]){6, 5});
+    kvf_tensor *t = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 1, (int64_t[]){6}, ids);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_ptr_nonnull(t->storage->host_ids);
+    ck_assert_ptr_null(kvf_cross_entropy(ctx, logits, t, -100));
+    ck_assert_msg(strstr(kvf_error_message(), "9") && strstr(kvf_error_message(), "outside"), "%s",
+                  kvf_error_message());
+    kvf_error_clear();
+    kvf_tensor *good = kvf_slice(ctx, t, 0, 1, 4); /* 1, 2, 3, 4 */
+    kvf_tensor *l = kvf_cross_entropy(ctx, kvf_slice(ctx, logits, 0, 0, 4), good, -100);
+    ck_assert_msg(l != NULL, "%s", kvf_error_message());
+    double v = 0;
+    ck_assert_int_eq(kvf_tensor_item(l, &v), KVF_OK);
+    ck_assert_msg(fabs(v - log(5.0)) < 1e-5, "uniform logits: loss %g", v);
+    kvf_tensor *table = kvf_tensor_zeros(ctx, KVF_DTYPE_F32, 2, (int64_t[]){5, 3});
+    ck_assert_ptr_null(kvf_embedding(ctx, table, kvf_slice(ctx, t, 0, 2, 4)));
+    ck_assert_ptr_nonnull(strstr(kvf_error_message(), "outside"));
+    kvf_error_clear();
+    kvf_ctx_free(ctx);
+}
+END_TEST
+
 /* ---- main ------------------------------------------------------------------------------------- */
 
 #define NCASES(a) (int)(sizeof(a) / sizeof((a)[0]))
@@ -1618,6 +1648,7 @@ int main(void) {
     if (WANT("matmul")) tcase_add_loop_test(tc, matmul_vs_cpu, 0, NCASES(mm_cases));
     if (WANT("matmul")) tcase_add_loop_test(tc, matmul_add_vs_cpu, 0, NCASES(mma_cases));
     if (WANT("gemm")) tcase_add_test(tc, gemm_contract);
+    if (WANT("loss")) tcase_add_test(tc, ids_checked_on_gpu);
     if (WANT("elementwise")) tcase_add_loop_test(tc, elementwise_vs_cpu, 0, NCASES(ew_cases));
     if (WANT("reduce")) tcase_add_loop_test(tc, views_reductions_vs_cpu, 0, NCASES(rv_cases));
     if (WANT("norm")) tcase_add_loop_test(tc, norms_vs_cpu, 0, NCASES(nm_cases));

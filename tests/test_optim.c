@@ -587,6 +587,38 @@ static double naive_norm(kvf_params *p) {
     return sqrt(s);
 }
 
+/* Deferred clipping: kvf_optimizer_step_scaled with the clip factor gives the bits of
+ * clipping the buffer and then stepping, for AdamW and SGD. */
+START_TEST(step_scaled_matches_clip_then_step) {
+    kvf_optim_kind kinds[2] = {KVF_OPTIM_ADAMW, KVF_OPTIM_SGD};
+    for (int k = 0; k < 2; k++) {
+        kvf_params *pa = make_params(KVF_DTYPE_F32), *pb = make_params(KVF_DTYPE_F32);
+        kvf_optim_config oc = kvf_optim_config_default(kinds[k]);
+        kvf_optimizer *oa = kvf_optimizer_init(pa, &oc), *ob = kvf_optimizer_init(pb, &oc);
+        ck_assert(oa && ob);
+        for (int step = 0; step < 3; step++) {
+            set_grads(pa, step + 1);
+            set_grads(pb, step + 1);
+            kvf_clip_info ca, cb;
+            ck_assert_int_eq(kvf_clip_grad_norm(pa, 0.5, &ca), KVF_OK);
+            ck_assert_int_eq(kvf_optimizer_step(oa, 1e-2), KVF_OK);
+            ck_assert_int_eq(kvf_clip_grad_norm_deferred(pb, 0.5, &cb), KVF_OK);
+            ck_assert(cb.clipped && cb.scale == ca.scale);
+            ck_assert_int_eq(kvf_optimizer_step_scaled(ob, 1e-2, cb.scale), KVF_OK);
+        }
+        kvf_tensor *va = kvf_params_values(pa), *vb = kvf_params_values(pb);
+        ck_assert(memcmp(kvf_tensor_data(va), kvf_tensor_data(vb), kvf_tensor_nbytes(va)) == 0);
+        ck_assert_int_eq(kvf_optimizer_step_scaled(ob, 1e-2, 0.0), KVF_ERR_ARG);
+        ck_assert_ptr_nonnull(strstr(kvf_error_message(), "grad_scale"));
+        kvf_error_clear();
+        kvf_optimizer_free(oa);
+        kvf_optimizer_free(ob);
+        kvf_params_free(pa);
+        kvf_params_free(pb);
+    }
+}
+END_TEST
+
 START_TEST(grad_norm_and_clip) {
     kvf_dtype dts[2] = {KVF_DTYPE_F32, KVF_DTYPE_F64};
     for (int d = 0; d < 2; d++) {
@@ -609,8 +641,13 @@ START_TEST(grad_norm_and_clip) {
         ck_assert(!ci.clipped && fabs(ci.norm - want) <= 1e-12 * want);
         ck_assert(memcmp(before, kvf_tensor_data(g), nb) == 0);
 
-        /* max_norm below: every gradient times max_norm / (norm + 1e-6) */
+        /* max_norm below: every gradient times max_norm / (norm + 1e-6); deferred, the
+         * same decision with the gradients left as they are */
         double max_norm = want / 3, coef = max_norm / (want + 1e-6);
+        kvf_clip_info cd;
+        ck_assert_int_eq(kvf_clip_grad_norm_deferred(p, max_norm, &cd), KVF_OK);
+        ck_assert(cd.finite && cd.clipped && cd.scale == coef && cd.norm == want);
+        ck_assert(memcmp(before, kvf_tensor_data(g), nb) == 0);
         ck_assert_int_eq(kvf_clip_grad_norm(p, max_norm, &ci), KVF_OK);
         ck_assert(ci.finite && ci.clipped);
         ck_assert(fabs(ci.norm - want) <= 1e-12 * want);
@@ -685,6 +722,7 @@ int main(void) {
     tcase_add_test(tc, schedule_bad_input);
     tcase_add_test(tc, optimizer_bad_input);
     tcase_add_test(tc, grad_norm_and_clip);
+    tcase_add_test(tc, step_scaled_matches_clip_then_step);
     tcase_add_test(tc, nonfinite_gradients_reported);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

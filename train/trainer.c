@@ -313,7 +313,8 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
         double loss = loss_sum / (double)cfg->grad_accum;
         if (cfg->grad_accum > 1 && (st = kvf_grad_accum_average(r->model->params, cfg->grad_accum)) != KVF_OK) break;
         kvf_clip_info ci = {0};
-        if ((st = kvf_clip_grad_norm(r->model->params, cfg->grad_clip, &ci)) != KVF_OK) break;
+        /* clipping's factor goes into the update (no pass over the gradients of its own) */
+        if ((st = kvf_clip_grad_norm_deferred(r->model->params, cfg->grad_clip, &ci)) != KVF_OK) break;
         double lr = kvf_lr_at(&r->sched, r->step);
         bool skip = !isfinite(loss) || !ci.finite;
         if (skip) {
@@ -331,7 +332,7 @@ kvf_status kvf_train(const kvf_run_config *cfg, const kvf_train_opts *opts, kvf_
             }
         } else {
             consecutive_skips = 0;
-            if ((st = kvf_optimizer_step(r->opt, lr)) != KVF_OK) break;
+            if ((st = kvf_optimizer_step_scaled(r->opt, lr, ci.scale)) != KVF_OK) break;
             last_loss = loss;
         }
         r->step++;
