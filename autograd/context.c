@@ -150,6 +150,7 @@ struct pool {
 
 struct kvf_ctx {
     const kvf_backend *be;
+    uint64_t generation; /* new at init and at every reset (unique in the process) */
     struct pool pool;
     bool pool_on;       /* main-region tensors come from the pool (during backward) */
     struct region main, scratch;
@@ -174,12 +175,20 @@ static void region_free(struct region *r) {
     arena_free(&r->headers);
 }
 
+/* Generations are unique across every ctx of the process, so a cache keyed on one can
+ * never match a later ctx that happens to reuse a freed one's address. */
+static uint64_t generation_next(void) {
+    static uint64_t g;
+    return __atomic_add_fetch(&g, 1, __ATOMIC_RELAXED);
+}
+
 kvf_ctx *kvf_ctx_init(kvf_device device) {
     const kvf_backend *be = kvf_backend_get(device);
     if (!be) return NULL;
     kvf_ctx *ctx = calloc(1, sizeof *ctx);
     KVF_CHECK_NULL(ctx, KVF_ERR_OOM, "ctx: out of host memory");
     ctx->be = be;
+    ctx->generation = generation_next();
     region_init(&ctx->main, be);
     region_init(&ctx->scratch, be);
     ctx->cur = &ctx->main;
@@ -261,7 +270,10 @@ void kvf_ctx_free(kvf_ctx *ctx) {
     free(ctx);
 }
 
+uint64_t kvf_ctx_generation(const kvf_ctx *ctx) { return ctx->generation; }
+
 void kvf_ctx_reset(kvf_ctx *ctx) {
+    ctx->generation = generation_next();
     pool_clear(ctx); /* gradients of leaves that no rule released */
     ctx->pool_on = false;
     arena_reset(&ctx->main.data);

@@ -40,6 +40,9 @@ void   kvf_ctx_arena_peak_reset(kvf_ctx *ctx);
 /* True while a recompute rule re-runs a forward during backward (recompute.h): code with
  * side effects besides computing tensors (statistics hooks) skips them then. */
 bool kvf_ctx_recomputing(const kvf_ctx *ctx);
+/* Changes at every reset and is unique across the process's ctxs: arena tensors made
+ * under one generation live as long as it stays the ctx's. */
+uint64_t kvf_ctx_generation(const kvf_ctx *ctx);
 
 /* New arena tensors on the ctx's device, contiguous. new: uninitialised. */
 kvf_tensor *kvf_tensor_new(kvf_ctx *ctx, kvf_dtype dtype, int ndim, const int64_t *shape);

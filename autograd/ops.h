@@ -17,6 +17,10 @@ kvf_tensor *kvf_slice(kvf_ctx *ctx, kvf_tensor *x, int axis, int64_t start, int6
 kvf_tensor *kvf_expand(kvf_ctx *ctx, kvf_tensor *x, int ndim, const int64_t *shape);
 kvf_tensor *kvf_contiguous(kvf_ctx *ctx, kvf_tensor *x); /* x itself when already so */
 kvf_tensor *kvf_cast(kvf_ctx *ctx, kvf_tensor *x, kvf_dtype dtype);
+/* kvf_cast(x, y's dtype) where y (same shape, a tensor nothing else writes) already holds
+ * that cast, made without recording (one pass over many tensors at once): no kernel, the
+ * same record on the tape; returns y. */
+kvf_tensor *kvf_cast_view(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *y);
 kvf_tensor *kvf_concat(kvf_ctx *ctx, kvf_tensor *const *xs, int n, int axis);
 /* n slices of x along axis with the given sizes (must sum to the axis extent). */
 kvf_status  kvf_split(kvf_ctx *ctx, kvf_tensor *x, int axis, const int64_t *sizes, int n,

@@ -12,6 +12,16 @@ kvf_tensor *kvf_contiguous(kvf_ctx *ctx, kvf_tensor *x) {
     return kvf_cast(ctx, x, x->dtype);
 }
 
+kvf_tensor *kvf_cast_view(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *y) {
+    kvf_tensor *in[2] = {x, y};
+    if (!kvf_ops_check_inputs(ctx, "cast_view", 2, in)) return NULL;
+    KVF_CHECK_NULL(kvf_tensor_same_shape(x, y) && y->node < 0, KVF_ERR_SHAPE,
+                   "cast_view: %s cannot stand for the cast of %s", KVF_DESC(y), KVF_DESC(x));
+    if (kvf_dtype_is_float(y->dtype) && kvf_dtype_is_float(x->dtype))
+        kvf_tape_record(ctx, KVF_OP_COPY, y, 1, &x);
+    return y;
+}
+
 kvf_tensor *kvf_cast(kvf_ctx *ctx, kvf_tensor *x, kvf_dtype dtype) {
     if (!kvf_ops_check_inputs(ctx, "cast", 1, &x)) return NULL;
     kvf_tensor *y = kvf_tensor_new(ctx, dtype, x->ndim, x->shape);

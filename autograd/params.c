@@ -19,6 +19,7 @@ struct kvf_params {
     const kvf_backend *be;
     struct kvf_storage values, grads;
     kvf_tensor flat_values, flat_grads;
+    uint64_t version;
 };
 
 kvf_params *kvf_params_init(void) {
@@ -148,3 +149,6 @@ kvf_status kvf_params_zero_grad(kvf_params *p) {
     KVF_CHECK(p->be, KVF_ERR_STATE, "params: zero_grad before alloc");
     return p->be->memset_zero(p->grads.data, p->grads.nbytes);
 }
+
+uint64_t kvf_params_version(const kvf_params *p) { return p->version; }
+void kvf_params_touch(kvf_params *p) { p->version++; }

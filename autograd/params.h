@@ -32,4 +32,10 @@ kvf_tensor *kvf_params_values(const kvf_params *p);
 kvf_tensor *kvf_params_grads(const kvf_params *p);
 kvf_status  kvf_params_zero_grad(kvf_params *p);
 
+/* A count that changes whenever the values do through the library (optimizer steps,
+ * initialisation, conversions' writes): caches of the values (the model's per-step bf16
+ * copy) compare it. Code that writes the values directly calls kvf_params_touch. */
+uint64_t kvf_params_version(const kvf_params *p);
+void     kvf_params_touch(kvf_params *p);
+
 #endif

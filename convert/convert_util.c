@@ -94,6 +94,7 @@ double *kvf_cv_read(const kvf_model *m, const char *name, int64_t *numel) {
 kvf_status kvf_cv_write(kvf_model *m, const char *name, const double *v) {
     kvf_tensor *t = kvf_params_get(m->params, name);
     KVF_CHECK(t, KVF_ERR_STATE, "convert: the model has no parameter %s", name);
+    kvf_params_touch(m->params);
     return kvf_cv_tensor_write(t, v);
 }
 

@@ -169,18 +169,59 @@ kvf_status kvf_model_init_weights(kvf_model *m, uint64_t seed) {
         else if (norm) KVF_TRY(kvf_rng_fill_uniform(&r, t, 1.0, 1.0));
         else KVF_TRY(kvf_rng_fill_normal(&r, t, 0.0, is_residual_out(n) ? resid : std));
     }
+    kvf_params_touch(m->params);
     return KVF_OK;
 }
 
+/* Mixed precision: the flat values from the end of the embedding table on (the lookup
+ * reads the f32 table), cast once per step in one kernel instead of one launch per
+ * weight; made in the main region (not during a recompute, whose region is reset per
+ * block). NULL where it does not apply: then each weight is cast by itself. */
+static kvf_tensor *weights_cast(kvf_model *m, kvf_ctx *ctx) {
+    kvf_params *p = m->params;
+    if (m->wcast && m->wcast_ctx == ctx && m->wcast_gen == kvf_ctx_generation(ctx) &&
+        m->wcast_ver == kvf_params_version(p))
+        return m->wcast;
+    m->wcast = NULL;
+    if (kvf_ctx_recomputing(ctx) || m->embed->offset != 0) return NULL;
+    int64_t lo = (kvf_tensor_numel(m->embed) + 15) / 16 * 16, n = kvf_params_numel(p);
+    if (lo >= n) return NULL;
+    bool was = kvf_ctx_set_grad(ctx, false);
+    kvf_tensor *c = kvf_cast(ctx, kvf_slice(ctx, kvf_params_values(p), 0, lo, n - lo), m->compute_dtype);
+    kvf_ctx_set_grad(ctx, was);
+    if (!c) {
+        kvf_error_clear();
+        return NULL;
+    }
+    m->wcast = c;
+    m->wcast_ctx = ctx;
+    m->wcast_gen = kvf_ctx_generation(ctx);
+    m->wcast_ver = kvf_params_version(p);
+    m->wcast_lo = lo;
+    return c;
+}
+
 /* A parameter in the compute dtype: itself, or (mixed precision) a cast recorded on the
- * tape, whose backward adds the gradient into the f32 master's. */
-static kvf_tensor *compute_w(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *w) {
+ * tape, whose backward adds the gradient into the f32 master's: a view of the step's
+ * flat cast where the weight lies in it, else a cast of its own. */
+static kvf_tensor *compute_w(kvf_model *m, kvf_ctx *ctx, kvf_tensor *w) {
     if (!w || w->dtype == m->compute_dtype) return w;
+    kvf_tensor *flat = w->storage == kvf_params_values(m->params)->storage && kvf_tensor_is_contiguous(w)
+                           ? weights_cast(m, ctx) : NULL;
+    if (flat && w->offset >= m->wcast_lo) {
+        kvf_tensor *v = kvf_tensor_view_header(ctx, flat);
+        if (!v) return NULL;
+        v->ndim = w->ndim;
+        memcpy(v->shape, w->shape, sizeof v->shape);
+        memcpy(v->stride, w->stride, sizeof v->stride);
+        v->offset = flat->offset + (w->offset - m->wcast_lo);
+        return kvf_cast_view(ctx, w, v);
+    }
     return kvf_cast(ctx, w, m->compute_dtype);
 }
 
 /* x [..., in] · Wᵀ (+ b) */
-static kvf_tensor *linear(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
+static kvf_tensor *linear(kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
                           kvf_tensor *b) {
     kvf_tensor *y = kvf_matmul(ctx, x, compute_w(m, ctx, w), false, true);
     return b ? kvf_add(ctx, y, compute_w(m, ctx, b)) : y;
@@ -188,13 +229,13 @@ static kvf_tensor *linear(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_t
 
 /* r + x · Wᵀ (+ b): a residual after a projection, added in the GEMM's epilogue when
  * there is no bias (no product tensor kept in the arena, no add pass) */
-static kvf_tensor *linear_res(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *r, kvf_tensor *x,
+static kvf_tensor *linear_res(kvf_model *m, kvf_ctx *ctx, kvf_tensor *r, kvf_tensor *x,
                               kvf_tensor *w, kvf_tensor *b) {
     if (b) return kvf_add(ctx, r, linear(m, ctx, x, w, b));
     return kvf_matmul_add(ctx, r, x, compute_w(m, ctx, w), true);
 }
 
-static kvf_tensor *norm(const kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
+static kvf_tensor *norm(kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
                         kvf_tensor *b) {
     const kvf_model_config *c = &m->cfg;
     return c->norm == KVF_NORM_RMS ? kvf_rmsnorm(ctx, x, compute_w(m, ctx, w), c->norm_eps)

@@ -46,6 +46,12 @@ struct kvf_model {
      * statistics, softmax and the loss f32, gradients reach the f32 masters) */
     kvf_dtype compute_dtype;
     kvf_recompute_mode recompute; /* KVF_RECOMPUTE_NONE unless set */
+    /* mixed precision: every weight but the embedding table cast in one pass per step, into
+     * the arena of wcast_ctx (valid for that ctx generation and params version) */
+    kvf_tensor *wcast;
+    const kvf_ctx *wcast_ctx;
+    uint64_t wcast_gen, wcast_ver;
+    int64_t wcast_lo; /* the flat offset wcast starts at */
     kvf_layer_hook hook; /* NULL: none */
     void *hook_ud;
 };

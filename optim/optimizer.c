@@ -267,6 +267,7 @@ kvf_status kvf_optimizer_step_scaled(kvf_optimizer *o, double lr, double grad_sc
                             .eps = c->eps, .bc1 = bc1, .bc2_sqrt = bc2_sqrt, .grad_scale = grad_scale};
         kvf_status st = be->adamw(&a);
         free(segs);
+        kvf_params_touch(o->params);
         if (st == KVF_OK) o->step = t;
         return st;
     }
@@ -297,6 +298,7 @@ kvf_status kvf_optimizer_step_scaled(kvf_optimizer *o, double lr, double grad_sc
                         c->dampening, c->nesterov, first);
         }
     }
+    kvf_params_touch(o->params);
     o->step = t;
     return KVF_OK;
 }

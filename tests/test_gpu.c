@@ -1625,6 +1625,47 @@ START_TEST(ids_checked_on_gpu) {
 }
 END_TEST
 
+/* The bf16 forward casts every weight in one pass per step (model/transformer.c): a
+ * second forward in the same ctx generation after an optimizer step must see the new
+ * weights (the cast follows the params' version), as a fresh ctx does. */
+START_TEST(weights_cast_follows_updates) {
+    kvf_model_config c;
+    tiny_cfg(&c, "gqa2");
+    kvf_model *mc = kvf_model_init(&c, KVF_DEVICE_CPU);
+    ck_assert_int_eq(kvf_model_init_weights(mc, 3), KVF_OK);
+    kvf_model *m = kvf_model_to_device(mc, KVF_DEVICE_CUDA);
+    ck_assert_msg(m != NULL, "%s", kvf_error_message());
+    ck_assert_int_eq(kvf_model_set_compute_dtype(m, KVF_DTYPE_BF16), KVF_OK);
+    kvf_optim_config oc = kvf_optim_config_default(KVF_OPTIM_ADAMW);
+    kvf_optimizer *o = kvf_optimizer_init(m->params, &oc);
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CUDA);
+    ck_assert(o && ctx);
+    int32_t ids[2 * 9], tg[2 * 9];
+    for (int i = 0; i < 18; i++) ids[i] = (i * 5) % (int)c.vocab_size, tg[i] = (i * 3 + 1) % (int)c.vocab_size;
+    double l[3];
+    for (int k = 0; k < 3; k++) {
+        if (k == 2) kvf_ctx_reset(ctx);
+        kvf_tensor *ti = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){2, 9}, ids);
+        kvf_tensor *tt = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){2, 9}, tg);
+        kvf_tensor *loss = kvf_model_loss(m, ctx, ti, tt);
+        ck_assert_msg(loss != NULL, "%s", kvf_error_message());
+        ck_assert_int_eq(kvf_tensor_item(loss, &l[k]), KVF_OK);
+        if (k == 0) {
+            ck_assert_msg(kvf_backward(ctx, loss) == KVF_OK, "%s", kvf_error_message());
+            ck_assert_int_eq(kvf_optimizer_step(o, 1e-2), KVF_OK);
+        }
+    }
+    ck_assert_msg(m->wcast != NULL, "the forward did not use the one-pass weight cast");
+    ck_assert_msg(l[1] != l[0], "the step changed nothing: %.9g", l[0]);
+    ck_assert_msg(l[1] == l[2], "after the step: %.9g in the same ctx generation, %.9g after a reset",
+                  l[1], l[2]);
+    kvf_ctx_free(ctx);
+    kvf_optimizer_free(o);
+    kvf_model_free(m);
+    kvf_model_free(mc);
+}
+END_TEST
+
 /* ---- main ------------------------------------------------------------------------------------- */
 
 #define NCASES(a) (int)(sizeof(a) / sizeof((a)[0]))
@@ -1649,6 +1690,7 @@ int main(void) {
     if (WANT("matmul")) tcase_add_loop_test(tc, matmul_add_vs_cpu, 0, NCASES(mma_cases));
     if (WANT("gemm")) tcase_add_test(tc, gemm_contract);
     if (WANT("loss")) tcase_add_test(tc, ids_checked_on_gpu);
+    if (WANT("model")) tcase_add_test(tc, weights_cast_follows_updates);
     if (WANT("elementwise")) tcase_add_loop_test(tc, elementwise_vs_cpu, 0, NCASES(ew_cases));
     if (WANT("reduce")) tcase_add_loop_test(tc, views_reductions_vs_cpu, 0, NCASES(rv_cases));
     if (WANT("norm")) tcase_add_loop_test(tc, norms_vs_cpu, 0, NCASES(nm_cases));
