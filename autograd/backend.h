@@ -66,7 +66,8 @@ struct kvf_adamw_seg {
     double lr, weight_decay;
 };
 
-/* AdamW (torch.optim.AdamW semantics) over flat f32 buffers p, g, m, v, one segment per
+/* AdamW (torch.optim.AdamW semantics) over flat f32 buffers p, g, m, v (each holding the
+ * last segment's end rounded up to 4 elements: kernels may read whole groups), one segment per
  * parameter: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g², p ← p·(1 − lr·wd) −
  * (lr/bc1)·m / (sqrt(v)/bc2_sqrt + eps), arithmetic in double as on the CPU. */
 struct kvf_adamw_args {

@@ -41,10 +41,25 @@ __device__ __forceinline__ int aw_find(const aw_seg_dev *s, int n, int64_t e) {
     return r;
 }
 
-__global__ void k_adamw(float *__restrict__ p, const float *__restrict__ g, float *__restrict__ m,
-                        float *__restrict__ v, const aw_seg_dev *__restrict__ segs, int n_segs,
-                        int64_t total, double b1, double b2, double eps, double bc2_sqrt,
-                        double gscale) {
+/* One element: the CPU loop's arithmetic. */
+__device__ __forceinline__ void aw_update(float &p, float &m, float &v, float g, double decay,
+                                          double step, double b1, double b2, double eps,
+                                          double bc2_sqrt, double gscale) {
+    const double gi = gscale == 1.0 ? (double)g : (double)(float)(gscale * (double)g);
+    const double mi = b1 * (double)m + (1.0 - b1) * gi;
+    const double vi = b2 * (double)v + (1.0 - b2) * gi * gi;
+    double pi = (double)p * decay;
+    pi -= step * mi / (sqrt(vi) / bc2_sqrt + eps);
+    m = (float)mi;
+    v = (float)vi;
+    p = (float)pi;
+}
+
+/* Element by element, for segments that do not start at multiples of 4. */
+__global__ void k_adamw_scalar(float *__restrict__ p, const float *__restrict__ g, float *__restrict__ m,
+                               float *__restrict__ v, const aw_seg_dev *__restrict__ segs, int n_segs,
+                               int64_t total, double b1, double b2, double eps, double bc2_sqrt,
+                               double gscale) {
     const int64_t t0 = (int64_t)blockIdx.x * AW_TILE;
     int64_t e = t0 + threadIdx.x;
     if (e >= total) return;
@@ -53,14 +68,37 @@ __global__ void k_adamw(float *__restrict__ p, const float *__restrict__ g, floa
     for (; e < t1; e += AW_THREADS) {
         while (s + 1 < n_segs && segs[s + 1].offset <= e) s++;
         if (s < 0 || e >= segs[s].end) continue; /* alignment padding */
-        const double gi = gscale == 1.0 ? (double)g[e] : (double)(float)(gscale * (double)g[e]);
-        const double mi = b1 * (double)m[e] + (1.0 - b1) * gi;
-        const double vi = b2 * (double)v[e] + (1.0 - b2) * gi * gi;
-        double pi = (double)p[e] * segs[s].decay;
-        pi -= segs[s].step_size * mi / (sqrt(vi) / bc2_sqrt + eps);
-        m[e] = (float)mi;
-        v[e] = (float)vi;
-        p[e] = (float)pi;
+        aw_update(p[e], m[e], v[e], g[e], segs[s].decay, segs[s].step_size, b1, b2, eps, bc2_sqrt, gscale);
+    }
+}
+
+__global__ void k_adamw(float *__restrict__ p, const float *__restrict__ g, float *__restrict__ m,
+                        float *__restrict__ v, const aw_seg_dev *__restrict__ segs, int n_segs,
+                        int64_t total, double b1, double b2, double eps, double bc2_sqrt,
+                        double gscale) {
+    const int64_t t0 = (int64_t)blockIdx.x * AW_TILE;
+    const int64_t t1 = t0 + AW_TILE < total ? t0 + AW_TILE : total;
+    /* groups of 4 elements, 16-byte loads: segments start at multiples of 16 elements
+     * (kvf_params' alignment) and the buffers run to a multiple of 16, so a group lies in
+     * one segment (its tail may be padding, read and written back as it was) */
+    int64_t e = t0 + 4 * (int64_t)threadIdx.x;
+    if (e >= t1) return;
+    int s = aw_find(segs, n_segs, e);
+    for (; e < t1; e += 4 * AW_THREADS) {
+        while (s + 1 < n_segs && segs[s + 1].offset <= e) s++;
+        if (s < 0 || e >= segs[s].end) continue; /* alignment padding */
+        const float4 g4 = *reinterpret_cast<const float4 *>(g + e);
+        float4 p4 = *reinterpret_cast<const float4 *>(p + e), m4 = *reinterpret_cast<const float4 *>(m + e),
+               v4 = *reinterpret_cast<const float4 *>(v + e);
+        const double decay = segs[s].decay, step = segs[s].step_size;
+        const int64_t live = segs[s].end - e;
+        aw_update(p4.x, m4.x, v4.x, g4.x, decay, step, b1, b2, eps, bc2_sqrt, gscale);
+        if (live > 1) aw_update(p4.y, m4.y, v4.y, g4.y, decay, step, b1, b2, eps, bc2_sqrt, gscale);
+        if (live > 2) aw_update(p4.z, m4.z, v4.z, g4.z, decay, step, b1, b2, eps, bc2_sqrt, gscale);
+        if (live > 3) aw_update(p4.w, m4.w, v4.w, g4.w, decay, step, b1, b2, eps, bc2_sqrt, gscale);
+        *reinterpret_cast<float4 *>(p + e) = p4;
+        *reinterpret_cast<float4 *>(m + e) = m4;
+        *reinterpret_cast<float4 *>(v + e) = v4;
     }
 }
 
@@ -97,9 +135,16 @@ static kvf_status cuda_adamw(const kvf_adamw_args *a) {
     if (blocks > 0x7fffffff)
         return kvf_error_set(KVF_ERR_ARG, "adamw: %lld elements are too many for one launch",
                              (long long)total);
-    k_adamw<<<(unsigned)blocks, AW_THREADS, 0, KVF_STREAM>>>(a->p, a->g, a->m, a->v, dev, n, total,
-                                                             a->beta1, a->beta2, a->eps, a->bc2_sqrt,
-                                                             a->grad_scale > 0 ? a->grad_scale : 1.0);
+    /* the vector kernel reads whole groups of 4 (kvf_adamw_args: buffers padded to them) */
+    bool vec4 = ((uintptr_t)a->p | (uintptr_t)a->g | (uintptr_t)a->m | (uintptr_t)a->v) % 16 == 0;
+    for (int i = 0; i < n && vec4; i++) vec4 = a->segs[i].offset % 4 == 0;
+    const double gs = a->grad_scale > 0 ? a->grad_scale : 1.0;
+    if (vec4)
+        k_adamw<<<(unsigned)blocks, AW_THREADS, 0, KVF_STREAM>>>(a->p, a->g, a->m, a->v, dev, n, total,
+                                                                 a->beta1, a->beta2, a->eps, a->bc2_sqrt, gs);
+    else
+        k_adamw_scalar<<<(unsigned)blocks, AW_THREADS, 0, KVF_STREAM>>>(
+            a->p, a->g, a->m, a->v, dev, n, total, a->beta1, a->beta2, a->eps, a->bc2_sqrt, gs);
     KVF_LAUNCH("k_adamw", "adamw over %lld elements in %d segments", (long long)total, n);
     return KVF_OK;
 }
