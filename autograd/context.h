@@ -40,6 +40,10 @@ void   kvf_ctx_arena_peak_reset(kvf_ctx *ctx);
 /* True while a recompute rule re-runs a forward during backward (recompute.h): code with
  * side effects besides computing tensors (statistics hooks) skips them then. */
 bool kvf_ctx_recomputing(const kvf_ctx *ctx);
+/* Allocations into the scratch region (on: a checkpointed block's runs, rewound after
+ * each) or the main one (off: they live until the next reset); returns the previous
+ * setting. A cache that must outlive the block switches to main around its allocation. */
+bool kvf_ctx_use_scratch(kvf_ctx *ctx, bool on);
 /* Changes at every reset and is unique across the process's ctxs: arena tensors made
  * under one generation live as long as it stays the ctx's. */
 uint64_t kvf_ctx_generation(const kvf_ctx *ctx);

@@ -31,7 +31,7 @@ struct kvf_arena_mark {
 struct kvf_scratch_mark {
     struct kvf_arena_mark data, headers;
 };
-bool kvf_ctx_use_scratch(kvf_ctx *ctx, bool on);
+/* kvf_ctx_use_scratch: context.h */
 void kvf_ctx_scratch_mark(const kvf_ctx *ctx, struct kvf_scratch_mark *m);
 void kvf_ctx_scratch_rewind(kvf_ctx *ctx, const struct kvf_scratch_mark *m);
 /* Whether a host pointer (a tensor header) was allocated in scratch after mark m. */

@@ -175,19 +175,27 @@ kvf_status kvf_model_init_weights(kvf_model *m, uint64_t seed) {
 
 /* Mixed precision: the flat values from the end of the embedding table on (the lookup
  * reads the f32 table), cast once per step in one kernel instead of one launch per
- * weight; made in the main region (not during a recompute, whose region is reset per
- * block). NULL where it does not apply: then each weight is cast by itself. */
+ * weight. Made in the main region even when first asked for inside a checkpointed
+ * block's first run (its scratch region is rewound after the block), and never during a
+ * backward's recompute (the main region is pooled then). NULL where it does not apply:
+ * then each weight is cast by itself. */
 static kvf_tensor *weights_cast(kvf_model *m, kvf_ctx *ctx) {
     kvf_params *p = m->params;
     if (m->wcast && m->wcast_ctx == ctx && m->wcast_gen == kvf_ctx_generation(ctx) &&
         m->wcast_ver == kvf_params_version(p))
         return m->wcast;
     m->wcast = NULL;
-    if (kvf_ctx_recomputing(ctx) || m->embed->offset != 0) return NULL;
+    /* with checkpointed blocks each weight is cast by itself: the one-pass cast, first asked
+     * for inside a block's scratch run, once lived there and was rewound under the cache
+     * (NaN losses on the GPU); the switch to main below fixes that, but has not run on a
+     * GPU yet, so blocks keep the per-weight casts until it has */
+    if (kvf_ctx_recomputing(ctx) || m->recompute != KVF_RECOMPUTE_NONE || m->embed->offset != 0)
+        return NULL;
     int64_t lo = (kvf_tensor_numel(m->embed) + 15) / 16 * 16, n = kvf_params_numel(p);
     if (lo >= n) return NULL;
-    bool was = kvf_ctx_set_grad(ctx, false);
+    bool was = kvf_ctx_set_grad(ctx, false), scratch = kvf_ctx_use_scratch(ctx, false);
     kvf_tensor *c = kvf_cast(ctx, kvf_slice(ctx, kvf_params_values(p), 0, lo, n - lo), m->compute_dtype);
+    kvf_ctx_use_scratch(ctx, scratch);
     kvf_ctx_set_grad(ctx, was);
     if (!c) {
         kvf_error_clear();
