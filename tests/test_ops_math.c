@@ -331,6 +331,35 @@ START_TEST(cast_grad) {
 }
 END_TEST
 
+/* kvf_cast_view: the cast made beforehand without recording (the model's one pass over
+ * all weights), recorded per use: the same gradients as kvf_cast. */
+static kvf_tensor *f_cast_view(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    (void)ud;
+    kvf_dtype other = in[0]->dtype == KVF_DTYPE_F64 ? KVF_DTYPE_F32 : KVF_DTYPE_F64;
+    bool was = kvf_ctx_set_grad(ctx, false);
+    kvf_tensor *pre = kvf_cast(ctx, in[0], other);
+    kvf_ctx_set_grad(ctx, was);
+    kvf_tensor *y = kvf_cast_view(ctx, in[0], pre);
+    return kvf_cast(ctx, kvf_add(ctx, kvf_exp(ctx, y), y), in[0]->dtype);
+}
+
+START_TEST(cast_view_grad) {
+    struct gc_input in[1];
+    gc_input_randn(&in[0], &rng, 0.5, 2, (int64_t[]){3, 5});
+    struct gc_opts o = {.fd_step = 1e-3, .tol = 1e-4};
+    ck_assert(kvf_gradcheck("cast_view", f_cast_view, NULL, 1, in, &o));
+    gc_inputs_free(1, in);
+    /* a tensor of another shape cannot stand for the cast */
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    kvf_tensor *x = kvf_tensor_zeros(ctx, KVF_DTYPE_F32, 2, (int64_t[]){3, 5});
+    kvf_tensor *y = kvf_tensor_zeros(ctx, KVF_DTYPE_F64, 2, (int64_t[]){5, 3});
+    ck_assert_ptr_null(kvf_cast_view(ctx, x, y));
+    ck_assert_ptr_nonnull(strstr(kvf_error_message(), "cast_view"));
+    kvf_error_clear();
+    kvf_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     kvf_rng_init(&rng, 42);
     Suite *s = suite_create("ops_math");
@@ -348,6 +377,7 @@ int main(void) {
     tcase_add_test(tc, cast_grad);
     tcase_add_test(tc, matmul_add_grad);
     tcase_add_test(tc, matmul_add_bitwise);
+    tcase_add_test(tc, cast_view_grad);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

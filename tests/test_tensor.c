@@ -233,6 +233,21 @@ START_TEST(rng_determinism) {
 }
 END_TEST
 
+/* Generations: new at every reset and never shared by two contexts, even one made where
+ * a freed one lived (caches keyed on them, model/transformer.c). */
+START_TEST(ctx_generation_unique) {
+    kvf_ctx *a = kvf_ctx_init(KVF_DEVICE_CPU);
+    uint64_t ga = kvf_ctx_generation(a);
+    kvf_ctx_reset(a);
+    uint64_t ga2 = kvf_ctx_generation(a);
+    ck_assert(ga2 != ga);
+    kvf_ctx_free(a);
+    kvf_ctx *b = kvf_ctx_init(KVF_DEVICE_CPU);
+    ck_assert(kvf_ctx_generation(b) != ga && kvf_ctx_generation(b) != ga2);
+    kvf_ctx_free(b);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tensor");
     TCase *tc = tcase_create("core");
@@ -246,6 +261,7 @@ int main(void) {
     tcase_add_test(tc, arena_reuse);
     tcase_add_test(tc, params_registry);
     tcase_add_test(tc, rng_determinism);
+    tcase_add_test(tc, ctx_generation_unique);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
