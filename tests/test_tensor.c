@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "autograd/params.h"
+#include "autograd/recompute.h"
 #include "gradcheck.h"
 
 static kvf_tensor *iota(kvf_ctx *ctx, int ndim, const int64_t *shape) {
@@ -233,6 +234,45 @@ START_TEST(rng_determinism) {
 }
 END_TEST
 
+/* A checkpointed block's first run allocates in the scratch region, rewound after the
+ * block; a cache that must outlive it (the model's one-pass weight cast) switches to the
+ * main region around its allocation. Later blocks' scratch must not overwrite it. */
+struct keep_ud {
+    kvf_tensor **kept;
+    double fill;
+};
+
+static kvf_status keep_fn(kvf_ctx *ctx, const void *ud_, kvf_tensor *const *in, kvf_tensor **out) {
+    const struct keep_ud *ud = ud_;
+    if (!*ud->kept) {
+        bool scratch = kvf_ctx_use_scratch(ctx, false);
+        ck_assert(scratch); /* the first run is in scratch */
+        *ud->kept = kvf_tensor_full(ctx, KVF_DTYPE_F32, 1, (int64_t[]){4096}, 7.0);
+        kvf_ctx_use_scratch(ctx, scratch);
+    }
+    /* scratch garbage of the kept tensor's size */
+    kvf_tensor *junk = kvf_tensor_full(ctx, KVF_DTYPE_F32, 1, (int64_t[]){4096}, ud->fill);
+    out[0] = kvf_add(ctx, kvf_scale(ctx, in[0], 2.0), kvf_sum(ctx, junk, 0, true));
+    return out[0] ? KVF_OK : kvf_error_code();
+}
+
+START_TEST(scratch_switch_keeps_main) {
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    kvf_tensor *x = kvf_tensor_full(ctx, KVF_DTYPE_F32, 1, (int64_t[]){1}, 1.0);
+    x->requires_grad = true;
+    kvf_tensor *kept = NULL, *y = x;
+    for (int b = 0; b < 3; b++) {
+        struct keep_ud ud = {&kept, -1.0 - b};
+        kvf_tensor *out[1];
+        ck_assert_int_eq(kvf_recompute(ctx, keep_fn, &ud, sizeof ud, 1, &y, 1, out), KVF_OK);
+        y = out[0];
+    }
+    ck_assert_ptr_nonnull(kept);
+    for (int64_t i = 0; i < 4096; i++) ck_assert(kvf_tensor_get_flat(kept, i) == 7.0);
+    kvf_ctx_free(ctx);
+}
+END_TEST
+
 /* Generations: new at every reset and never shared by two contexts, even one made where
  * a freed one lived (caches keyed on them, model/transformer.c). */
 START_TEST(ctx_generation_unique) {
@@ -262,6 +302,7 @@ int main(void) {
     tcase_add_test(tc, params_registry);
     tcase_add_test(tc, rng_determinism);
     tcase_add_test(tc, ctx_generation_unique);
+    tcase_add_test(tc, scratch_switch_keeps_main);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
