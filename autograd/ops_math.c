@@ -25,6 +25,19 @@ static kvf_status gemm(kvf_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int
     return gemm_in(ctx, ta, tb, m, n, k, batch, a, sa, b, sb, c, sc, beta, NULL);
 }
 
+/* The tape entry both matmul ops share (src: a, b and, for kvf_matmul_add, the addend). */
+static void record_matmul(kvf_ctx *ctx, kvf_tensor *c, int n_src, kvf_tensor **src, bool ta, bool tb,
+                          int64_t m, int64_t n, int64_t k, int64_t batch) {
+    kvf_node *nd = kvf_tape_record(ctx, KVF_OP_MATMUL, c, n_src, src);
+    if (!nd) return;
+    nd->iparam[0] = ta;
+    nd->iparam[1] = tb;
+    nd->iparam[2] = m;
+    nd->iparam[3] = n;
+    nd->iparam[4] = k;
+    nd->iparam[5] = batch;
+}
+
 kvf_tensor *kvf_matmul(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b, bool trans_a, bool trans_b) {
     kvf_tensor *in[2] = {a, b};
     if (!kvf_ops_check_inputs(ctx, "matmul", 2, in)) return NULL;
@@ -58,15 +71,7 @@ kvf_tensor *kvf_matmul(kvf_ctx *ctx, kvf_tensor *a, kvf_tensor *b, bool trans_a,
         KVF_OPS_CALL(gemm(ctx, trans_a, trans_b, m, n, k, batch, a, m * k, b, shared_b ? 0 : k * n,
                           c, m * n, 0.0));
     kvf_tensor *src[2] = {a, b};
-    kvf_node *nd = kvf_tape_record(ctx, KVF_OP_MATMUL, c, 2, src);
-    if (nd) {
-        nd->iparam[0] = trans_a;
-        nd->iparam[1] = trans_b;
-        nd->iparam[2] = m;
-        nd->iparam[3] = n;
-        nd->iparam[4] = k;
-        nd->iparam[5] = batch;
-    }
+    record_matmul(ctx, c, 2, src, trans_a, trans_b, m, n, k, batch);
     return c;
 }
 
@@ -89,15 +94,7 @@ kvf_tensor *kvf_matmul_add(kvf_ctx *ctx, kvf_tensor *r, kvf_tensor *a, kvf_tenso
     if (!c) return NULL;
     KVF_OPS_CALL(gemm_in(ctx, false, trans_b, m, n, k, 1, a, 0, b, 0, c, 0, 1.0, r));
     kvf_tensor *src[3] = {a, b, r};
-    kvf_node *nd = kvf_tape_record(ctx, KVF_OP_MATMUL, c, 3, src);
-    if (nd) {
-        nd->iparam[0] = false;
-        nd->iparam[1] = trans_b;
-        nd->iparam[2] = m;
-        nd->iparam[3] = n;
-        nd->iparam[4] = k;
-        nd->iparam[5] = 1;
-    }
+    record_matmul(ctx, c, 3, src, false, trans_b, m, n, k, 1);
     return c;
 }
 

@@ -185,12 +185,7 @@ static kvf_tensor *weights_cast(kvf_model *m, kvf_ctx *ctx) {
         m->wcast_ver == kvf_params_version(p))
         return m->wcast;
     m->wcast = NULL;
-    /* with checkpointed blocks each weight is cast by itself: the one-pass cast, first asked
-     * for inside a block's scratch run, once lived there and was rewound under the cache
-     * (NaN losses on the GPU); the switch to main below fixes that, but has not run on a
-     * GPU yet, so blocks keep the per-weight casts until it has */
-    if (kvf_ctx_recomputing(ctx) || m->recompute != KVF_RECOMPUTE_NONE || m->embed->offset != 0)
-        return NULL;
+    if (kvf_ctx_recomputing(ctx) || m->embed->offset != 0) return NULL;
     int64_t lo = (kvf_tensor_numel(m->embed) + 15) / 16 * 16, n = kvf_params_numel(p);
     if (lo >= n) return NULL;
     bool was = kvf_ctx_set_grad(ctx, false), scratch = kvf_ctx_use_scratch(ctx, false);

@@ -1645,7 +1645,7 @@ START_TEST(weights_cast_follows_updates) {
     double l[4], gn[4] = {0};
     for (int k = 0; k < 4; k++) {
         if (k >= 2) kvf_ctx_reset(ctx);
-        if (k == 3) m->recompute = KVF_RECOMPUTE_BLOCKS; /* weights cast one by one (model/transformer.c) */
+        if (k == 3) m->recompute = KVF_RECOMPUTE_BLOCKS; /* the cast first made inside a block's scratch run */
         ck_assert_int_eq(kvf_params_zero_grad(m->params), KVF_OK);
         kvf_tensor *ti = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){2, 9}, ids);
         kvf_tensor *tt = kvf_tensor_from_host(ctx, KVF_DTYPE_I32, 2, (int64_t[]){2, 9}, tg);
@@ -1659,9 +1659,10 @@ START_TEST(weights_cast_follows_updates) {
         if (k == 0) ck_assert_int_eq(kvf_optimizer_step(o, 1e-2), KVF_OK);
         if (k == 1) ck_assert_msg(m->wcast != NULL, "the forward did not use the one-pass weight cast");
     }
-    /* the same values; GEMMs may pick other algorithms for differently aligned weights */
-    ck_assert_msg(isfinite(l[3]) && fabs(l[3] - l[2]) <= 1e-3 * fabs(l[2]) && isfinite(gn[3]) &&
-                      fabs(gn[3] - gn[2]) <= 1e-2 * gn[2],
+    /* the same ops on the same values; GEMMs may still pick other algorithms for buffers
+     * at other alignments, so within bf16 rounding rather than bit for bit */
+    ck_assert_msg(isfinite(l[3]) && fabs(l[3] - l[2]) <= 1e-4 * fabs(l[2]) && isfinite(gn[3]) &&
+                      fabs(gn[3] - gn[2]) <= 1e-3 * gn[2],
                   "recompute blocks: loss %.9g grad norm %.9g, plain %.9g %.9g", l[3], gn[3], l[2], gn[2]);
     ck_assert_msg(l[1] != l[0], "the step changed nothing: %.9g", l[0]);
     ck_assert_msg(l[1] == l[2], "after the step: %.9g in the same ctx generation, %.9g after a reset",
