@@ -85,11 +85,12 @@ kvf_tensor *kvf_rope_inplace(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_t
 }
 
 kvf_status kvf_rope_backward(kvf_ctx *ctx, kvf_node *n) {
-    kvf_tensor *gx = kvf_grad_get(ctx, n->src[0]);
+    bool fresh;
+    kvf_tensor *gx = kvf_grad_fresh(ctx, n->src[0], &fresh);
     if (!gx) return kvf_error_code();
-    /* R is orthogonal: dx += R(−angle)·dy */
+    /* R is orthogonal: dx (+)= R(−angle)·dy */
     return kvf_ctx_backend(ctx)->rope(gx, n->out->grad, n->saved[0], n->saved[1],
-                                      (kvf_rope_layout)n->iparam[0], true, true);
+                                      (kvf_rope_layout)n->iparam[0], true, !fresh);
 }
 
 kvf_tensor *kvf_rope_inv_freq(kvf_ctx *ctx, int64_t dim, double theta) {

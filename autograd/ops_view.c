@@ -36,8 +36,9 @@ kvf_tensor *kvf_cast(kvf_ctx *ctx, kvf_tensor *x, kvf_dtype dtype) {
 kvf_status kvf_copy_backward(kvf_ctx *ctx, kvf_node *n) {
     /* a same-dtype copy (contiguous) passes its gradient through unchanged; a cast does not */
     if (kvf_grad_share(ctx, n->src[0], n->out->grad)) return KVF_OK;
-    kvf_tensor *gx = kvf_grad_get(ctx, n->src[0]);
-    if (!gx) return kvf_error_code();
+    /* a first gradient is written by the converting copy itself */
+    if (!n->src[0]->grad) return kvf_grad_add(ctx, n->src[0], n->out->grad);
+    kvf_tensor *gx = n->src[0]->grad;
     const kvf_tensor *g = n->out->grad;
     if (g->dtype != gx->dtype) {
         kvf_tensor *c = kvf_tensor_new(ctx, gx->dtype, g->ndim, g->shape);
@@ -90,13 +91,11 @@ kvf_tensor *kvf_reshape(kvf_ctx *ctx, kvf_tensor *x, int ndim, const int64_t *sh
 kvf_status kvf_reshape_backward(kvf_ctx *ctx, kvf_node *n) {
     kvf_tensor *x = n->src[0];
     if (kvf_grad_share(ctx, x, n->out->grad)) return KVF_OK; /* x is contiguous, like g */
-    kvf_tensor *gx = kvf_grad_get(ctx, x);
-    if (!gx) return kvf_error_code();
     kvf_tensor g = *n->out->grad; /* contiguous: reinterpret with x's shape */
     g.ndim = x->ndim;
     memcpy(g.shape, x->shape, sizeof g.shape);
     kvf_layout_contiguous(g.ndim, g.shape, g.stride);
-    return kvf_grad_accumulate(ctx, gx, &g);
+    return kvf_grad_add(ctx, x, &g);
 }
 
 kvf_tensor *kvf_permute(kvf_ctx *ctx, kvf_tensor *x, const int *perm) {
@@ -124,8 +123,6 @@ kvf_tensor *kvf_permute(kvf_ctx *ctx, kvf_tensor *x, const int *perm) {
 
 kvf_status kvf_permute_backward(kvf_ctx *ctx, kvf_node *n) {
     kvf_tensor *x = n->src[0];
-    kvf_tensor *gx = kvf_grad_get(ctx, x);
-    if (!gx) return kvf_error_code();
     /* view the contiguous out-grad in x's index order: dim perm[i] of x is dim i of out */
     const kvf_tensor *go = n->out->grad;
     kvf_tensor g = *go;
@@ -134,7 +131,7 @@ kvf_status kvf_permute_backward(kvf_ctx *ctx, kvf_node *n) {
         g.shape[d] = go->shape[i];
         g.stride[d] = go->stride[i];
     }
-    return kvf_grad_accumulate(ctx, gx, &g);
+    return kvf_grad_add(ctx, x, &g);
 }
 
 kvf_tensor *kvf_transpose(kvf_ctx *ctx, kvf_tensor *x, int d0, int d1) {
@@ -168,7 +165,47 @@ kvf_tensor *kvf_slice(kvf_ctx *ctx, kvf_tensor *x, int axis, int64_t start, int6
     return y;
 }
 
+/* The pieces of a kvf_split are consecutive slice nodes (iparam[2] pieces, this one
+ * iparam[3]); the last runs first in the backward, after every consumer of every piece. When
+ * x has no gradient yet and every piece has one, x's gradient is written piece by piece
+ * (the concat of theirs) and the other pieces' nodes are marked done (iparam[4]: their rule
+ * clears the mark and returns); otherwise each piece adds its part, as a lone slice does. */
+static bool split_backward(kvf_ctx *ctx, kvf_node *n, kvf_status *st) {
+    const int64_t np = n->iparam[2], last = np - 1;
+    kvf_tensor *x = n->src[0];
+    if (np < 2 || n->iparam[3] != last || x->grad || n->out->node < last) return false;
+    for (int64_t i = 0; i < np; i++) {
+        const kvf_node *s = n - (last - i);
+        if (s->op != KVF_OP_SLICE || s->src[0] != x || s->iparam[2] != np || s->iparam[3] != i ||
+            !s->out->grad)
+            return false;
+    }
+    bool fresh;
+    kvf_tensor *gx = kvf_grad_fresh(ctx, x, &fresh);
+    if (!gx) {
+        *st = kvf_error_code();
+        return true;
+    }
+    *st = KVF_OK;
+    for (int64_t i = 0; i < np && *st == KVF_OK; i++) {
+        kvf_node *s = n - (last - i);
+        const int a = (int)s->iparam[0];
+        kvf_tensor region = *gx;
+        region.offset += s->iparam[1] * gx->stride[a];
+        region.shape[a] = s->out->shape[a];
+        *st = kvf_ctx_backend(ctx)->copy(&region, s->out->grad);
+        if (i != last) s->iparam[4] = 1;
+    }
+    return true;
+}
+
 kvf_status kvf_slice_backward(kvf_ctx *ctx, kvf_node *n) {
+    if (n->iparam[4]) { /* written by its split's last piece */
+        n->iparam[4] = 0;
+        return KVF_OK;
+    }
+    kvf_status st;
+    if (split_backward(ctx, n, &st)) return st;
     kvf_tensor *gx = kvf_grad_get(ctx, n->src[0]);
     if (!gx) return kvf_error_code();
     int a = (int)n->iparam[0];
@@ -202,9 +239,7 @@ kvf_tensor *kvf_expand(kvf_ctx *ctx, kvf_tensor *x, int ndim, const int64_t *sha
 }
 
 kvf_status kvf_expand_backward(kvf_ctx *ctx, kvf_node *n) {
-    kvf_tensor *gx = kvf_grad_get(ctx, n->src[0]);
-    if (!gx) return kvf_error_code();
-    return kvf_grad_accumulate(ctx, gx, n->out->grad);
+    return kvf_grad_add(ctx, n->src[0], n->out->grad);
 }
 
 kvf_tensor *kvf_concat(kvf_ctx *ctx, kvf_tensor *const *xs, int n, int axis) {
@@ -252,10 +287,7 @@ kvf_status kvf_concat_backward(kvf_ctx *ctx, kvf_node *n) {
         part.offset += at * part.stride[a];
         part.shape[a] = x->shape[a];
         at += x->shape[a];
-        if (!x->requires_grad) continue;
-        kvf_tensor *gx = kvf_grad_get(ctx, x);
-        if (!gx) return kvf_error_code();
-        KVF_TRY(kvf_grad_accumulate(ctx, gx, &part));
+        if (x->requires_grad) KVF_TRY(kvf_grad_add(ctx, x, &part));
     }
     return KVF_OK;
 }
@@ -275,6 +307,14 @@ kvf_status kvf_split(kvf_ctx *ctx, kvf_tensor *x, int axis, const int64_t *sizes
         out[i] = kvf_slice(ctx, x, a, at, sizes[i]);
         if (!out[i]) return kvf_error_code();
         at += sizes[i];
+        /* recorded as a group (see split_backward) */
+        if (out[i]->node >= 0 && kvf_tape_size(ctx) == out[i]->node + 1) {
+            kvf_node *nd = kvf_tape_node(ctx, out[i]->node);
+            if (nd->out == out[i]) {
+                nd->iparam[2] = n;
+                nd->iparam[3] = i;
+            }
+        }
     }
     return KVF_OK;
 }

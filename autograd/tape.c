@@ -137,9 +137,11 @@ bool kvf_grad_share_again(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
     return grad_share(ctx, t, g, true);
 }
 
-kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src) {
+/* dst (+)= src summed down to dst's shape */
+static kvf_status grad_reduce(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src, bool add) {
     const kvf_backend *be = kvf_ctx_backend(ctx);
-    if (kvf_tensor_same_shape(dst, src)) return be->binary(KVF_BINOP_ADD, dst, dst, src);
+    if (kvf_tensor_same_shape(dst, src))
+        return add ? be->binary(KVF_BINOP_ADD, dst, dst, src) : be->copy(dst, src);
     /* src is larger: sum it down to dst's shape (leading dims dropped, size-1 dims summed) */
     KVF_CHECK(src->ndim >= dst->ndim, KVF_ERR_SHAPE, "grad: cannot reduce %s to %s",
               KVF_DESC(src), KVF_DESC(dst));
@@ -152,7 +154,18 @@ kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *
         KVF_CHECK(view.shape[i] == 1 || view.shape[i] == src->shape[i], KVF_ERR_SHAPE,
                   "grad: cannot reduce %s to %s", KVF_DESC(src), KVF_DESC(dst));
     }
-    return be->reduce_sum(&view, src, true);
+    return be->reduce_sum(&view, src, add);
+}
+
+kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src) {
+    return grad_reduce(ctx, dst, src, true);
+}
+
+kvf_status kvf_grad_add(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g) {
+    bool fresh;
+    kvf_tensor *gt = kvf_grad_fresh(ctx, t, &fresh);
+    if (!gt) return t && t->requires_grad ? kvf_error_code() : KVF_OK;
+    return grad_reduce(ctx, gt, g, !fresh);
 }
 
 kvf_status kvf_backward(kvf_ctx *ctx, kvf_tensor *loss) {

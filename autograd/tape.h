@@ -108,5 +108,9 @@ bool kvf_grad_share_again(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g);
 
 /* For rules: dst += src where src's shape broadcasts to dst's (summing broadcast dims). */
 kvf_status kvf_grad_accumulate(kvf_ctx *ctx, kvf_tensor *dst, const kvf_tensor *src);
+/* t's gradient += g (g's shape broadcasting to t's, as kvf_grad_accumulate). When t has no
+ * gradient yet, g (summed down) is written into a fresh buffer instead of being added to a
+ * zeroed one: one pass fewer, the same numbers (0 + g). Nothing when t needs no gradient. */
+kvf_status kvf_grad_add(kvf_ctx *ctx, kvf_tensor *t, const kvf_tensor *g);
 
 #endif

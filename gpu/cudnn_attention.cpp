@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 
 #include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -127,16 +128,35 @@ std::shared_ptr<fe::graph::Graph> build(const kvf_cudnn_attn *a, bool bwd, int64
         dK->set_output(true).set_dim({B, Hkv, S, Dk}).set_stride({S * Hkv * Dk, Dk, Hkv * Dk, 1}).set_uid(UID_DK);
         dV->set_output(true).set_dim({B, Hkv, S, Dv}).set_stride({S * Hkv * Dv, Dv, Hkv * Dv, 1}).set_uid(UID_DV);
     }
-    try {
-        if (g->validate().is_bad() || g->build_operation_graph(g_handle).is_bad() ||
-            g->create_execution_plans({fe::HeurMode_t::A}).is_bad() || g->check_support().is_bad() ||
-            g->build_plans().is_bad())
-            return nullptr;
-        int64_t ws = 0;
-        if (g->get_workspace_size(ws).is_bad()) return nullptr;
-        *workspace = ws;
-    } catch (...) {
+    /* KVF_CUDNN_VERBOSE=1: say once per shape whether cuDNN took it, and if not, why (a
+     * refused shape runs kvforge's own kernels, several times slower) */
+    const char *verbose = std::getenv("KVF_CUDNN_VERBOSE");
+    const bool say = verbose && std::strcmp(verbose, "0");
+    auto refuse = [&](const char *stage, const std::string &why) -> std::shared_ptr<fe::graph::Graph> {
+        if (say)
+            std::fprintf(stderr, "kvforge: cuDNN SDPA %s B %lld T %lld S %lld Hq %lld Hkv %lld Dk %lld Dv %lld: "
+                         "refused at %s: %s\n", bwd ? "bwd" : "fwd", (long long)B, (long long)T, (long long)S,
+                         (long long)Hq, (long long)Hkv, (long long)Dk, (long long)Dv, stage, why.c_str());
         return nullptr;
+    };
+    try {
+        fe::error_t e;
+        if ((e = g->validate()).is_bad()) return refuse("validate", e.get_message());
+        if ((e = g->build_operation_graph(g_handle)).is_bad()) return refuse("build_operation_graph", e.get_message());
+        if ((e = g->create_execution_plans({fe::HeurMode_t::A})).is_bad()) return refuse("create_execution_plans", e.get_message());
+        if ((e = g->check_support()).is_bad()) return refuse("check_support", e.get_message());
+        if ((e = g->build_plans()).is_bad()) return refuse("build_plans", e.get_message());
+        int64_t ws = 0;
+        if ((e = g->get_workspace_size(ws)).is_bad()) return refuse("get_workspace_size", e.get_message());
+        *workspace = ws;
+        if (say)
+            std::fprintf(stderr, "kvforge: cuDNN SDPA %s B %lld T %lld S %lld Hq %lld Hkv %lld Dk %lld Dv %lld: "
+                         "taken, workspace %lld bytes\n", bwd ? "bwd" : "fwd", (long long)B, (long long)T,
+                         (long long)S, (long long)Hq, (long long)Hkv, (long long)Dk, (long long)Dv, (long long)ws);
+    } catch (const std::exception &x) {
+        return refuse("exception", x.what());
+    } catch (...) {
+        return refuse("exception", "unknown");
     }
     return g;
 }

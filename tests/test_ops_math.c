@@ -316,6 +316,62 @@ START_TEST(matmul_add_bitwise) {
 }
 END_TEST
 
+/* kvf_split's backward: every piece used (x's gradient written piece by piece by the last
+ * piece's rule), a piece unused (each piece adds its part), x also read after the split (its
+ * gradient exists when the pieces' rules run). ud: the case. */
+static kvf_tensor *f_split(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const int c = *(const int *)ud;
+    kvf_tensor *p[3];
+    if (kvf_split(ctx, in[0], 1, (int64_t[]){2, 3, 1}, 3, p) != KVF_OK) return NULL;
+    kvf_tensor *cat[3] = {kvf_exp(ctx, p[2]), kvf_mul(ctx, p[0], p[0]), kvf_exp(ctx, p[1])};
+    kvf_tensor *y = kvf_concat(ctx, cat, c == 1 ? 2 : 3, 1);
+    if (c == 2) y = kvf_add(ctx, y, kvf_mul(ctx, in[0], in[0]));
+    return y;
+}
+
+START_TEST(split_grad) {
+    for (int c = 0; c < 3; c++) {
+        struct gc_input in[1];
+        gc_input_randn(&in[0], &rng, 1.0, 3, (int64_t[]){2, 6, 3});
+        ck_assert_msg(kvf_gradcheck("split", f_split, &c, 1, in, NULL), "split case %d", c);
+        gc_inputs_free(1, in);
+    }
+}
+END_TEST
+
+/* The same gradient through kvf_split as through separate kvf_slice calls (which add their
+ * parts into a zeroed gradient one by one), bit for bit, with and without gradient sharing. */
+static void split_run(bool grouped, bool share, const double *v, double *out) {
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    kvf_ctx_set_grad_sharing(ctx, share);
+    kvf_tensor *x = kvf_tensor_new(ctx, KVF_DTYPE_F32, 2, (int64_t[]){4, 7});
+    for (int i = 0; i < 28; i++) kvf_tensor_set_flat(x, i, v[i]);
+    x->requires_grad = true;
+    kvf_tensor *p[2];
+    if (grouped) {
+        ck_assert_int_eq(kvf_split(ctx, x, 1, (int64_t[]){3, 4}, 2, p), KVF_OK);
+    } else {
+        p[0] = kvf_slice(ctx, x, 1, 0, 3);
+        p[1] = kvf_slice(ctx, x, 1, 3, 4);
+    }
+    kvf_tensor *y = kvf_add(ctx, kvf_sum(ctx, kvf_exp(ctx, p[0]), -1, false),
+                            kvf_sum(ctx, kvf_mul(ctx, p[1], p[1]), -1, false));
+    ck_assert_int_eq(kvf_backward(ctx, kvf_sum(ctx, y, 0, false)), KVF_OK);
+    for (int i = 0; i < 28; i++) out[i] = kvf_tensor_get_flat(x->grad, i);
+    kvf_ctx_free(ctx);
+}
+
+START_TEST(split_grouped_bitwise) {
+    double v[28], a[28], b[28];
+    for (int i = 0; i < 28; i++) v[i] = kvf_rng_normal(&rng);
+    for (int share = 0; share < 2; share++) {
+        split_run(false, share, v, a);
+        split_run(true, share, v, b);
+        ck_assert_msg(memcmp(a, b, sizeof a) == 0, "split differs from slices (sharing %d)", share);
+    }
+}
+END_TEST
+
 static kvf_tensor *f_cast(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     /* f64 → f32 → back: gradients cross dtypes */
     kvf_dtype other = in[0]->dtype == KVF_DTYPE_F64 ? KVF_DTYPE_F32 : KVF_DTYPE_F64;
@@ -372,6 +428,8 @@ int main(void) {
     tcase_add_test(tc, reduce_grad);
     tcase_add_test(tc, swiglu_grad);
     tcase_add_test(tc, views_grad);
+    tcase_add_test(tc, split_grad);
+    tcase_add_test(tc, split_grouped_bitwise);
     tcase_add_test(tc, views_share_gradient_bitwise);
     tcase_add_test(tc, add_shares_gradient);
     tcase_add_test(tc, cast_grad);
