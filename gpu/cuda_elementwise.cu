@@ -124,6 +124,22 @@ static unsigned vec_blocks(int64_t nv, int per_thread) {
     for (int64_t v0 = blockIdx.x * (int64_t)blockDim.x * (U) + threadIdx.x; v0 < (nv);        \
          v0 += (int64_t)gridDim.x * blockDim.x * (U))
 
+/* ---- strided views in 16-byte words ----------------------------------------------------------
+ * A strided operand whose rows are dense (innermost stride 1) can often move as 16-byte words
+ * too: when the innermost extent (the output's, `inner`) and every other stride are multiples
+ * of the elements per word and the base is 16-byte aligned, the same view over words (inner
+ * extent and strides divided by `per`) addresses whole aligned words. Slices of heads (MLA's
+ * nope / rope parts, a split of a fused projection) take this path: 8× fewer index
+ * computations and 16-byte accesses instead of 2-byte ones. */
+static bool view_words(kvf_view4 *v, int64_t inner, int per) {
+    if (v->shape[3] != inner || inner % per || v->stride[3] != 1 || ((uintptr_t)v->base & 15)) return false;
+    for (int d = 0; d < 3; d++)
+        if (v->stride[d] % per) return false;
+    for (int d = 0; d < 3; d++) v->stride[d] /= per;
+    v->shape[3] = inner / per;
+    return true;
+}
+
 /* ---- copy ------------------------------------------------------------------------------------ */
 
 /* Same-dtype strided copy, elements moved as raw words of type W. */
@@ -284,7 +300,12 @@ kvf_status kvf_cuda_copy(kvf_tensor *dst, const kvf_tensor *src) {
         }
     }
     kvf_view4 d = kvf_cuda_view(dst), s = kvf_cuda_view(src);
-    if (dst->dtype == src->dtype) {
+    const int per = 16 / (int)kvf_dtype_size(dst->dtype);
+    kvf_view4 dw = d, sw = s;
+    if (dst->dtype == src->dtype && 16 % kvf_dtype_size(dst->dtype) == 0 &&
+        view_words(&dw, d.shape[3], per) && view_words(&sw, d.shape[3], per)) {
+        k_copy_same<uint4><<<kvf_cuda_blocks(n / per, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(dw, sw, n / per);
+    } else if (dst->dtype == src->dtype) {
         switch (kvf_dtype_size(dst->dtype)) {
         case 2: k_copy_same<uint16_t><<<blocks, EW_THREADS, 0, KVF_STREAM>>>(d, s, n); break;
         case 4: k_copy_same<uint32_t><<<blocks, EW_THREADS, 0, KVF_STREAM>>>(d, s, n); break;
@@ -369,6 +390,24 @@ __global__ void k_binary_strided(int op, kvf_view4 o, kvf_view4 a, kvf_view4 b, 
     }
 }
 
+/* The strided kernel over 16-byte words (view_words): n words. */
+template <class T>
+__global__ void k_binary_strided_vec(int op, kvf_view4 o, kvf_view4 a, kvf_view4 b, int64_t n) {
+    constexpr int N = vec_t<T>::N;
+    typedef typename vec_t<T>::W W;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        float fa[N], fb[N];
+        vunpack(*((const W *)a.base + kvf_offset4(e, o.shape, a.stride)), fa);
+        vunpack(*((const W *)b.base + kvf_offset4(e, o.shape, b.stride)), fb);
+#pragma unroll
+        for (int i = 0; i < N; i++) fa[i] = binop_apply(op, fa[i], fb[i]);
+        W r;
+        vpack(r, fa);
+        vst((T *)((W *)o.base + kvf_offset4(e, o.shape, o.stride)), r);
+    }
+}
+
 template <class T>
 static kvf_status binary_t(kvf_binop op, kvf_tensor *out, const kvf_tensor *a,
                            const kvf_tensor *b) {
@@ -392,8 +431,15 @@ static kvf_status binary_t(kvf_binop op, kvf_tensor *out, const kvf_tensor *a,
             k_binary_flat<T><<<blocks, EW_THREADS, 0, KVF_STREAM>>>((int)op, po, pa, pb, n);
         }
     } else {
-        k_binary_strided<T><<<blocks, EW_THREADS, 0, KVF_STREAM>>>(
-            (int)op, kvf_cuda_view(out), kvf_cuda_view(a), kvf_cuda_view(b), n);
+        kvf_view4 ov = kvf_cuda_view(out), av = kvf_cuda_view(a), bv = kvf_cuda_view(b);
+        const int N = vec_t<T>::N;
+        const int64_t inner = ov.shape[3];
+        if (view_words(&ov, inner, N) && view_words(&av, inner, N) && view_words(&bv, inner, N))
+            k_binary_strided_vec<T><<<kvf_cuda_blocks(n / N, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
+                (int)op, ov, av, bv, n / N);
+        else
+            k_binary_strided<T><<<blocks, EW_THREADS, 0, KVF_STREAM>>>(
+                (int)op, kvf_cuda_view(out), kvf_cuda_view(a), kvf_cuda_view(b), n);
     }
     KVF_LAUNCH("binary", "binary op %d on %s", (int)op, KVF_CDESC(out));
     return KVF_OK;

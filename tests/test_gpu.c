@@ -456,7 +456,7 @@ END_TEST
 /* ---- views, copies, reductions ---------------------------------------------------------------- */
 
 enum rv_op { RV_SUM0, RV_SUM_LAST, RV_SUM_MID, RV_SUM_ALL, RV_MEAN, RV_CONTIG_PERM, RV_CONCAT,
-             RV_SUM_PERM };
+             RV_SUM_PERM, RV_SPLIT_CAT, RV_SPLIT_CAT_ODD, RV_SPLIT_PART };
 
 struct rv_case {
     const char *name;
@@ -479,6 +479,21 @@ static kvf_tensor *f_rv(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
         return kvf_concat(ctx, xs, 3, 1);
     }
     case RV_SUM_PERM: return kvf_sum(ctx, kvf_transpose(ctx, in[0], 0, 1), 0, false);
+    /* head-slices as MLA takes them: 16-byte-aligned rows (the word kernels), an odd split
+     * (the element kernels), a piece left unused (slices add into a zeroed gradient) */
+    case RV_SPLIT_CAT:
+    case RV_SPLIT_CAT_ODD: {
+        kvf_tensor *p[2];
+        int64_t a = c->op == RV_SPLIT_CAT ? 64 : 63;
+        if (kvf_split(ctx, in[0], 3, (int64_t[]){a, 96 - a}, 2, p) != KVF_OK) return NULL;
+        kvf_tensor *xs[3] = {p[1], p[0], p[1]};
+        return kvf_concat(ctx, xs, 3, 3);
+    }
+    case RV_SPLIT_PART: {
+        kvf_tensor *p[3];
+        if (kvf_split(ctx, in[0], 3, (int64_t[]){32, 32, 32}, 3, p) != KVF_OK) return NULL;
+        return kvf_add(ctx, p[0], kvf_mul(ctx, p[2], p[2]));
+    }
     }
     return NULL;
 }
@@ -496,6 +511,9 @@ static const struct rv_case rv_cases[] = {
     {"mean last [9,13]", RV_MEAN, 1, {SPEC_F(9, 13)}},
     {"contiguous of permuted [2,3,4,5]", RV_CONTIG_PERM, 1, {SPEC_F(2, 3, 4, 5)}},
     {"concat axis 1", RV_CONCAT, 2, {SPEC_F(3, 4, 5), SPEC_F(3, 2, 5)}},
+    {"split 64/32 + concat [2,5,3,96]", RV_SPLIT_CAT, 1, {SPEC_F(2, 5, 3, 96)}},
+    {"split 63/33 + concat [2,5,3,96]", RV_SPLIT_CAT_ODD, 1, {SPEC_F(2, 5, 3, 96)}},
+    {"split 32/32/32, middle unused [2,5,3,96]", RV_SPLIT_PART, 1, {SPEC_F(2, 5, 3, 96)}},
 };
 
 START_TEST(views_reductions_vs_cpu) {
