@@ -133,7 +133,8 @@ struct kvf_backend {
 
     /* x [B, T, H, D]; pos i32 [T]; inv_freq f32 [F] or [H, F], rotating the first 2F dims
      * of each head (the rest pass through). inverse rotates by −angle (the backward).
-     * accumulate: y += R·x instead of y = R·x. */
+     * accumulate: y += R·x instead of y = R·x. x and y are dense rows of D that may lie a
+     * row stride apart (kvf_tensor_rows: a slice of each head's dims), each its own. */
     kvf_status (*rope)(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *pos,
                        const kvf_tensor *inv_freq, kvf_rope_layout layout, bool inverse,
                        bool accumulate);

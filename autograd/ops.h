@@ -68,6 +68,10 @@ kvf_tensor *kvf_rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *i
  * that nothing reads again and no backward rule keeps, such as a fresh projection. */
 kvf_tensor *kvf_rope_inplace(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
                              kvf_rope_layout layout);
+/* kvf_rope_inplace rotating dims [d0, d0 + 2F) of each head instead of the first 2F (the
+ * others are left as they are): DeepSeek MLA's RoPE part at the end of a q head. */
+kvf_tensor *kvf_rope_inplace_at(kvf_ctx *ctx, kvf_tensor *x, int64_t d0, kvf_tensor *pos,
+                                kvf_tensor *inv_freq, kvf_rope_layout layout);
 kvf_tensor *kvf_rope_inv_freq(kvf_ctx *ctx, int64_t dim, double theta);
 
 /* q [B, T, Hq, Dk], k [B, S, Hkv, Dk], v [B, S, Hkv, Dv] → [B, T, Hq, Dv]; query head h

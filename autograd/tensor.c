@@ -53,6 +53,31 @@ size_t kvf_tensor_nbytes(const kvf_tensor *t) {
     return (size_t)kvf_tensor_numel(t) * kvf_dtype_size(t->dtype);
 }
 
+bool kvf_tensor_rows(const kvf_tensor *t, int64_t *ld) {
+    const int nd = t->ndim;
+    if (nd == 0) {
+        *ld = 1;
+        return true;
+    }
+    const int64_t D = t->shape[nd - 1];
+    if (D > 1 && t->stride[nd - 1] != 1) return false;
+    /* the row stride: that of the innermost dim above the rows with extent > 1 */
+    int64_t r = D, expect = -1;
+    for (int i = nd - 2; i >= 0; i--) {
+        if (t->shape[i] == 1) continue;
+        if (expect < 0) {
+            if (t->stride[i] < D) return false;
+            r = t->stride[i];
+            expect = r * t->shape[i];
+        } else {
+            if (t->stride[i] != expect) return false;
+            expect *= t->shape[i];
+        }
+    }
+    *ld = r;
+    return true;
+}
+
 bool kvf_tensor_is_contiguous(const kvf_tensor *t) {
     int64_t expect = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {

@@ -64,6 +64,9 @@ const char *kvf_device_name(kvf_device d);
 int64_t kvf_tensor_numel(const kvf_tensor *t);
 size_t  kvf_tensor_nbytes(const kvf_tensor *t);
 bool    kvf_tensor_is_contiguous(const kvf_tensor *t);
+/* Whether t [.., D] is dense rows of D elements one stride apart (*ld, the row stride;
+ * D itself when contiguous): a slice of the last dim of a contiguous tensor is. */
+bool    kvf_tensor_rows(const kvf_tensor *t, int64_t *ld);
 bool    kvf_tensor_same_shape(const kvf_tensor *a, const kvf_tensor *b);
 void   *kvf_tensor_data(const kvf_tensor *t); /* address of element 0 */
 kvf_device kvf_tensor_device(const kvf_tensor *t);

@@ -732,14 +732,15 @@ __global__ void k_rope_table(float2 *cs, const int32_t *pos, const float *freq, 
 /* Work item (row, i): i < F rotates pair i; F <= i < D − F passes dim F + i through. */
 template <class T>
 __global__ void k_rope(T *y, const T *x, const float2 *cs, int64_t nt, int64_t nh, int64_t nd,
-                       int64_t nf, bool per_head, bool interleaved, bool accumulate, int64_t nrows) {
+                       int64_t nf, bool per_head, bool interleaved, bool accumulate, int64_t nrows,
+                       int64_t ldx, int64_t ldy) {
     const int64_t per_row = nd - nf, n = nrows * per_row;
     const int64_t ntab = per_head ? nh * nf : nf;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
         const int64_t row = e / per_row, i = e % per_row;
-        const T *xr = x + row * nd;
-        T *yr = y + row * nd;
+        const T *xr = x + row * ldx;
+        T *yr = y + row * ldy;
         if (i < nf) {
             const int64_t h = row % nh, t = (row / nh) % nt;
             const float2 c = cs[t * ntab + (per_head ? h * nf : 0) + i];
@@ -768,13 +769,13 @@ __global__ void k_rope(T *y, const T *x, const float2 *cs, int64_t nt, int64_t n
 template <class T>
 __global__ void k_rope_vec(T *y, const T *x, const float2 *cs, unsigned nitems, unsigned ipr,
                            unsigned nrot, unsigned nt, unsigned nh, int nd, int nf, int ntab,
-                           bool per_head, bool interleaved, bool accumulate) {
+                           bool per_head, bool interleaved, bool accumulate, int64_t ldx, int64_t ldy) {
     constexpr int VEC = vec16<T>::n;
     for (unsigned e = blockIdx.x * blockDim.x + threadIdx.x; e < nitems;
          e += gridDim.x * blockDim.x) {
         const unsigned row = e / ipr, k = e - row * ipr;
-        const T *xr = x + (int64_t)row * nd;
-        T *yr = y + (int64_t)row * nd;
+        const T *xr = x + (int64_t)row * ldx;
+        T *yr = y + (int64_t)row * ldy;
         if (k < nrot) {
             const unsigned bt = row / nh, h = row - bt * nh, t = bt % nt;
             const float4 *c4 = reinterpret_cast<const float4 *>(
@@ -858,6 +859,9 @@ static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
     const int64_t ntab = per_head ? nh * nf : nf;
     const int64_t nrows = nb * nt * nh;
     if (nrows == 0 || nd == 0) return KVF_OK;
+    int64_t ldx, ldy;
+    kvf_tensor_rows(x, &ldx);
+    kvf_tensor_rows(y, &ldy);
     float2 *cs = NULL;
     if (nt * ntab > 0) {
         cs = (float2 *)kvf_cuda_scratch(sizeof(float2) * (size_t)(nt * ntab), "rope");
@@ -871,7 +875,7 @@ static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
     const int VEC = vec16<T>::n;
     const bool inter = layout == KVF_ROPE_INTERLEAVED;
     if (nd % VEC == 0 && (inter ? (2 * nf) % VEC == 0 : nf % VEC == 0) && aligned16(x) &&
-        aligned16(y) && nd <= INT32_MAX && ntab <= INT32_MAX) {
+        aligned16(y) && ldx % VEC == 0 && ldy % VEC == 0 && nd <= INT32_MAX && ntab <= INT32_MAX) {
         const int64_t nrot = inter ? 2 * nf / VEC : nf / VEC, ipr = nrot + (nd - 2 * nf) / VEC;
         const int64_t items = nrows * ipr;
         if (items == 0) return KVF_OK;
@@ -879,7 +883,7 @@ static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
             k_rope_vec<T><<<kvf_cuda_blocks(items, 256), 256, 0, KVF_STREAM>>>(
                 (T *)kvf_tensor_data(y), (const T *)kvf_tensor_data(x), cs, (unsigned)items,
                 (unsigned)ipr, (unsigned)nrot, (unsigned)nt, (unsigned)nh, (int)nd, (int)nf,
-                (int)ntab, per_head, inter, accumulate);
+                (int)ntab, per_head, inter, accumulate, ldx, ldy);
             KVF_LAUNCH("rope_vec", "rope %s", KVF_CDESC(x));
             return KVF_OK;
         }
@@ -888,7 +892,7 @@ static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
     if (n == 0) return KVF_OK;
     k_rope<T><<<kvf_cuda_blocks(n, 256), 256, 0, KVF_STREAM>>>(
         (T *)kvf_tensor_data(y), (const T *)kvf_tensor_data(x), cs, nt, nh, nd, nf, per_head,
-        layout == KVF_ROPE_INTERLEAVED, accumulate, nrows);
+        layout == KVF_ROPE_INTERLEAVED, accumulate, nrows, ldx, ldy);
     KVF_LAUNCH("rope", "rope %s", KVF_CDESC(x));
     return KVF_OK;
 }
@@ -902,8 +906,10 @@ kvf_status kvf_cuda_rope(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
     if (x->ndim != 4 || y->dtype != x->dtype || 2 * inv_freq->shape[inv_freq->ndim - 1] > x->shape[3])
         return kvf_error_set(KVF_ERR_SHAPE, "rope: x %s, y %s, inv_freq %s do not fit",
                              KVF_CDESC(x), KVF_CDESC(y), KVF_CDESC(inv_freq));
-    KVF_TRY(check_contig("rope", x));
-    KVF_TRY(check_contig("rope", y));
+    int64_t ld;
+    if (!kvf_tensor_rows(x, &ld) || !kvf_tensor_rows(y, &ld))
+        return kvf_error_set(KVF_ERR_ARG, "rope: x %s and y %s must be dense rows (a contiguous "
+                             "tensor or a slice of its last dim)", KVF_CDESC(x), KVF_CDESC(y));
     KVF_TRY(check_contig("rope", inv_freq));
     KVF_TRY(check_contig("rope", pos));
     KVF_CUDA_DISPATCH("rope", x->dtype, rope_t, y, x, pos, inv_freq, layout, inverse, accumulate);

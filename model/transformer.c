@@ -282,25 +282,23 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
         }
     } else if (c->attn == KVF_ATTN_MLA) {
         int64_t nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, r = c->kv_lora_rank;
+        kvf_tensor *mla_freq = kvf_rope_inv_freq(ctx, rope, c->rope_theta);
         kvf_tensor *qf = L->q_a_w ? linear(m, ctx, kvf_rmsnorm(ctx, linear(m, ctx, h, L->q_a_w, NULL),
                                                             compute_w(m, ctx, L->q_a_norm), KVF_MLA_LATENT_NORM_EPS),
                                            L->q_b_w, NULL)
                                   : linear(m, ctx, h, L->q_w, NULL);
-        qf = heads(ctx, qf, B, T, nq, nope + rope);
-        kvf_tensor *qp[2];
-        if (!qf || kvf_split(ctx, qf, 3, (int64_t[]){nope, rope}, 2, qp) != KVF_OK) return NULL;
-        kvf_tensor *mla_freq = kvf_rope_inv_freq(ctx, rope, c->rope_theta);
-        kvf_tensor *q_pe = kvf_rope(ctx, qp[1], NULL, mla_freq, c->rope_layout);
-        kvf_tensor *qcat[2] = {qp[0], q_pe};
-        q = kvf_concat(ctx, qcat, 2, 3);
+        /* each q head is [nope | rope]: its RoPE part rotated in place, no split or concat */
+        q = kvf_rope_inplace_at(ctx, heads(ctx, qf, B, T, nq, nope + rope), nope, NULL, mla_freq, c->rope_layout);
         if (prod) {
-            kvf_tensor *ckv = linear(m, ctx, h, L->kv_a_w, NULL), *cp[2];
-            if (!ckv || kvf_split(ctx, ckv, 2, (int64_t[]){r, rope}, 2, cp) != KVF_OK) return NULL;
+            /* [latent | k_pe] as one head: k_pe rotated in place, then broadcast over the heads */
+            kvf_tensor *ckv = heads(ctx, linear(m, ctx, h, L->kv_a_w, NULL), B, T, 1, r + rope), *cp[2];
+            ckv = kvf_rope_inplace_at(ctx, ckv, r, NULL, mla_freq, c->rope_layout);
+            if (!ckv || kvf_split(ctx, ckv, 3, (int64_t[]){r, rope}, 2, cp) != KVF_OK) return NULL;
             kvf_tensor *lat = L->kv_a_norm ? kvf_rmsnorm(ctx, cp[0], compute_w(m, ctx, L->kv_a_norm), KVF_MLA_LATENT_NORM_EPS) : cp[0];
+            lat = kvf_reshape(ctx, lat, 3, (int64_t[]){B, T, r});
             kvf_tensor *kvb = heads(ctx, linear(m, ctx, lat, L->kv_b_w, NULL), B, T, nq, nope + vd), *kp[2];
             if (!kvb || kvf_split(ctx, kvb, 3, (int64_t[]){nope, vd}, 2, kp) != KVF_OK) return NULL;
-            kvf_tensor *k_pe = kvf_rope(ctx, heads(ctx, cp[1], B, T, 1, rope), NULL, mla_freq, c->rope_layout);
-            kvf_tensor *kcat[2] = {kp[0], kvf_expand(ctx, k_pe, 4, (int64_t[]){B, T, nq, rope})};
+            kvf_tensor *kcat[2] = {kp[0], kvf_expand(ctx, cp[1], 4, (int64_t[]){B, T, nq, rope})};
             *k_io = kvf_concat(ctx, kcat, 2, 3);
             *v_io = kp[1];
         }

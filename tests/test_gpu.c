@@ -589,6 +589,14 @@ static kvf_tensor *f_rope_inplace(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     return kvf_rope_inplace(ctx, kvf_scale(ctx, in[0], 1.0), pos, freq, c->layout);
 }
 
+/* In place over the last 2F dims of each head (MLA's q), when 2F < D. */
+static kvf_tensor *f_rope_inplace_at(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct rope_case *c = ud;
+    kvf_tensor *freq = c->per_head ? in[1] : kvf_rope_inv_freq(ctx, 2 * c->F, 10000.0);
+    kvf_tensor *pos = c->with_pos ? in[c->per_head ? 2 : 1] : NULL;
+    return kvf_rope_inplace_at(ctx, kvf_scale(ctx, in[0], 1.0), c->D - 2 * c->F, pos, freq, c->layout);
+}
+
 static const struct rope_case rope_cases[] = {
     {"half full [2,5,3,8]", 2, 5, 3, 8, 4, KVF_ROPE_HALF, false, false},
     {"interleaved full [2,5,3,8]", 2, 5, 3, 8, 4, KVF_ROPE_INTERLEAVED, false, false},
@@ -598,6 +606,8 @@ static const struct rope_case rope_cases[] = {
     {"positions given (large)", 1, 9, 2, 16, 8, KVF_ROPE_HALF, false, true},
     {"per-head + positions interleaved", 2, 5, 3, 8, 2, KVF_ROPE_INTERLEAVED, true, true},
     {"head 128 x 64 positions", 2, 64, 4, 128, 64, KVF_ROPE_HALF, false, false},
+    {"MLA q: last 32 of 96, interleaved", 2, 16, 3, 96, 16, KVF_ROPE_INTERLEAVED, false, false},
+    {"MLA q: last 32 of 96, half", 2, 16, 3, 96, 16, KVF_ROPE_HALF, false, false},
 };
 
 START_TEST(rope_vs_cpu) {
@@ -613,6 +623,9 @@ START_TEST(rope_vs_cpu) {
         ck_assert_msg(compare_op(c->name, f_rope, (void *)c, n, sp, DTYPES[d], 0), "%s", c->name);
         ck_assert_msg(compare_op(c->name, f_rope_inplace, (void *)c, n, sp, DTYPES[d], 0),
                       "%s (in place)", c->name);
+        if (2 * c->F < c->D)
+            ck_assert_msg(compare_op(c->name, f_rope_inplace_at, (void *)c, n, sp, DTYPES[d], 0),
+                          "%s (in place, last 2F dims)", c->name);
     }
 }
 END_TEST

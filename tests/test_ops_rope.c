@@ -16,12 +16,15 @@ struct rope_case {
     bool fused;        /* in[0] is [B, T, H, D + 3]: rotate a strided slice of it */
     bool twice;        /* rope(x) + x: the backward must accumulate into dx */
     bool inplace;      /* kvf_rope_inplace on a fresh 1.5·x */
+    int64_t at;        /* > 0: kvf_rope_inplace_at(.., at, ..) on a fresh 1.5·x */
 };
 
 static kvf_tensor *f_rope(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     struct rope_case *c = ud;
     kvf_tensor *x = in[0];
     if (c->fused) x = kvf_slice(ctx, x, 3, 2, x->shape[3] - 3);
+    if (c->at)
+        return kvf_rope_inplace_at(ctx, kvf_scale(ctx, x, 1.5), c->at, c->explicit_pos ? in[2] : NULL, in[1], c->layout);
     if (c->inplace)
         return kvf_rope_inplace(ctx, kvf_scale(ctx, x, 1.5), c->explicit_pos ? in[2] : NULL, in[1], c->layout);
     kvf_tensor *y = kvf_rope(ctx, x, c->explicit_pos ? in[2] : NULL, in[1], c->layout);
@@ -84,6 +87,54 @@ START_TEST(rope_grad_inplace) {
         ck_assert_msg(check_rope("rope in place", c, 2, 5, 3, 8, 3, false), "layout %d", l);
         c.explicit_pos = c.fused = true;
         ck_assert_msg(check_rope("rope in place, slice", c, 1, 4, 2, 8, 4, true), "layout %d", l);
+    }
+}
+END_TEST
+
+/* Dims [at, at + 2F) of each head rotated in place (MLA's q: RoPE part last), the others
+ * untouched; per-head tables and positions too. */
+START_TEST(rope_grad_inplace_at) {
+    for (int l = 0; l < 2; l++) {
+        struct rope_case c = {.layout = l ? KVF_ROPE_INTERLEAVED : KVF_ROPE_HALF, .at = 3};
+        ck_assert_msg(check_rope("rope in place at 3", c, 2, 5, 3, 9, 2, false), "layout %d", l);
+        c.at = 4;
+        ck_assert_msg(check_rope("rope in place at 4 (the end)", c, 1, 4, 2, 8, 2, true), "layout %d", l);
+        c.explicit_pos = c.fused = true;
+        ck_assert_msg(check_rope("rope in place at 4, slice", c, 1, 4, 2, 10, 3, false), "layout %d", l);
+    }
+}
+END_TEST
+
+/* kvf_rope_inplace_at's output: kvf_rope of the rotated dims, the others x's, bit for bit. */
+START_TEST(rope_inplace_at_matches_rope) {
+    const int64_t B = 2, T = 5, H = 3, D = 12, F = 3, at = 5;
+    for (int l = 0; l < 2; l++) {
+        kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+        kvf_tensor *x = kvf_tensor_new(ctx, KVF_DTYPE_F32, 4, (int64_t[]){B, T, H, D});
+        kvf_tensor *x2 = kvf_tensor_new(ctx, KVF_DTYPE_F32, 4, (int64_t[]){B, T, H, D});
+        for (int64_t i = 0; i < B * T * H * D; i++) {
+            double v = kvf_rng_normal(&rng);
+            kvf_tensor_set_flat(x, i, v);
+            kvf_tensor_set_flat(x2, i, v);
+        }
+        kvf_tensor *f = kvf_rope_inv_freq(ctx, 2 * F, 10.0);
+        kvf_rope_layout lay = l ? KVF_ROPE_INTERLEAVED : KVF_ROPE_HALF;
+        kvf_tensor *want = kvf_rope(ctx, kvf_slice(ctx, x2, 3, at, 2 * F), NULL, f, lay);
+        kvf_tensor *y = kvf_rope_inplace_at(ctx, x, at, NULL, f, lay);
+        ck_assert_ptr_nonnull(y);
+        for (int64_t r = 0; r < B * T * H; r++)
+            for (int64_t d = 0; d < D; d++) {
+                double got = kvf_tensor_get_flat(y, r * D + d);
+                double exp = d >= at && d < at + 2 * F ? kvf_tensor_get_flat(want, r * 2 * F + d - at)
+                                                       : kvf_tensor_get_flat(x2, r * D + d);
+                ck_assert_msg(got == exp, "layout %d row %lld dim %lld: %g vs %g", l, (long long)r,
+                              (long long)d, got, exp);
+            }
+        /* the range must lie inside the heads */
+        ck_assert_ptr_null(kvf_rope_inplace_at(ctx, x, D - 2 * F + 1, NULL, f, lay));
+        ck_assert_ptr_nonnull(strstr(kvf_error_message(), "not inside the heads"));
+        kvf_error_clear();
+        kvf_ctx_free(ctx);
     }
 }
 END_TEST
@@ -303,6 +354,8 @@ int main(void) {
     TCase *tc = tcase_create("rope");
     tcase_add_test(tc, rope_grad_layouts);
     tcase_add_test(tc, rope_grad_inplace);
+    tcase_add_test(tc, rope_grad_inplace_at);
+    tcase_add_test(tc, rope_inplace_at_matches_rope);
     tcase_add_test(tc, rope_grad_partial);
     tcase_add_test(tc, rope_grad_per_head);
     tcase_add_test(tc, rope_grad_positions_strided);

@@ -1,5 +1,5 @@
 /* cpu_rope.c — rotary position embedding for f32 and f64 (body in cpu_rope.inc).
- * y [B, T, H, D] (+)= R(pos·inv_freq)·x, contiguous; pos i32 [T]; inv_freq f32 [F] or
+ * y [B, T, H, D] (+)= R(pos·inv_freq)·x, dense rows; pos i32 [T]; inv_freq f32 [F] or
  * [H, F]. Pairs are (i, i + F) for KVF_ROPE_HALF and (2i, 2i + 1) for
  * KVF_ROPE_INTERLEAVED, i < F; dims from 2F on pass through. Parallel over positions,
  * one cos/sin table per position shared by the batch (and, for [F], by the heads). */
