@@ -133,8 +133,8 @@ struct kvf_backend {
 
     /* x [B, T, H, D]; pos i32 [T]; inv_freq f32 [F] or [H, F], rotating the first 2F dims
      * of each head (the rest pass through). inverse rotates by −angle (the backward).
-     * accumulate: y += R·x instead of y = R·x. x and y are dense rows of D that may lie a
-     * row stride apart (kvf_tensor_rows: a slice of each head's dims), each its own. */
+     * accumulate: y += R·x instead of y = R·x. x and y are dense head rows, each laid out
+     * its own way (kvf_tensor_head_rows: slices of heads, or of each head's dims). */
     kvf_status (*rope)(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *pos,
                        const kvf_tensor *inv_freq, kvf_rope_layout layout, bool inverse,
                        bool accumulate);
@@ -173,6 +173,8 @@ struct kvf_backend {
                                      const kvf_tensor *dout);
 
     /* out = silu(gate) · up, all [N]. The backward overwrites dgate/dup (NULL: not wanted). */
+    /* gate/up (and dgate/dup) may be dense rows a row stride apart (kvf_tensor_rows: the
+     * halves of a packed [gate | up]); out and dout contiguous */
     kvf_status (*swiglu)(kvf_tensor *out, const kvf_tensor *gate, const kvf_tensor *up);
     kvf_status (*swiglu_backward)(kvf_tensor *dgate, kvf_tensor *dup, const kvf_tensor *gate,
                                   const kvf_tensor *up, const kvf_tensor *dout);

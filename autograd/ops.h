@@ -46,6 +46,9 @@ kvf_tensor *kvf_silu(kvf_ctx *ctx, kvf_tensor *x);
 enum kvf_gelu { KVF_GELU_TANH, KVF_GELU_ERF };
 kvf_tensor *kvf_gelu(kvf_ctx *ctx, kvf_tensor *x, enum kvf_gelu approx);
 kvf_tensor *kvf_swiglu(kvf_ctx *ctx, kvf_tensor *gate, kvf_tensor *up); /* silu(gate)·up */
+/* kvf_swiglu of the halves of gu [..., 2F] = [gate | up] (a fused gate/up projection) →
+ * [..., F]; read in place, and the backward writes gu's gradient in one pass. */
+kvf_tensor *kvf_swiglu_packed(kvf_ctx *ctx, kvf_tensor *gu);
 
 /* Reductions over one axis (negative counts from the end); axis = KVF_ALL_AXES: every
  * element, result shape [1]. */

@@ -379,7 +379,40 @@ kvf_tensor *kvf_swiglu(kvf_ctx *ctx, kvf_tensor *gate, kvf_tensor *up) {
     return y;
 }
 
+/* gu's halves [..., :F] and [..., F:] as views */
+static void packed_halves(const kvf_tensor *gu, kvf_tensor *gate, kvf_tensor *up) {
+    const int a = gu->ndim - 1;
+    *gate = *up = *gu;
+    gate->shape[a] = up->shape[a] = gu->shape[a] / 2;
+    up->offset += up->shape[a] * gu->stride[a];
+}
+
+kvf_tensor *kvf_swiglu_packed(kvf_ctx *ctx, kvf_tensor *gu) {
+    if (!kvf_ops_check_inputs(ctx, "swiglu_packed", 1, &gu)) return NULL;
+    if (!kvf_ops_check_float("swiglu_packed", gu, "gu")) return NULL;
+    KVF_CHECK_NULL(gu->ndim >= 1 && gu->shape[gu->ndim - 1] % 2 == 0, KVF_ERR_SHAPE,
+                   "swiglu_packed: gu %s must be [..., 2F] (gate and up halves)", KVF_DESC(gu));
+    if (!(gu = kvf_contiguous(ctx, gu))) return NULL;
+    kvf_tensor gate, up;
+    packed_halves(gu, &gate, &up);
+    kvf_tensor *y = kvf_tensor_new(ctx, gu->dtype, gate.ndim, gate.shape);
+    if (!y) return NULL;
+    KVF_OPS_CALL(kvf_ctx_backend(ctx)->swiglu(y, &gate, &up));
+    kvf_node *nd = kvf_tape_record(ctx, KVF_OP_SWIGLU, y, 1, &gu);
+    if (nd) nd->iparam[0] = 1; /* packed */
+    return y;
+}
+
 kvf_status kvf_swiglu_backward(kvf_ctx *ctx, kvf_node *n) {
+    if (n->iparam[0]) { /* packed: one gradient for both halves */
+        kvf_tensor *pending, gate, up, dg, du;
+        kvf_tensor *g = kvf_grad_out(ctx, n->src[0], &pending);
+        if (!g) return kvf_error_code();
+        packed_halves(n->src[0], &gate, &up);
+        packed_halves(g, &dg, &du);
+        KVF_TRY(kvf_ctx_backend(ctx)->swiglu_backward(&dg, &du, &gate, &up, n->out->grad));
+        return kvf_grad_finish(ctx, pending, g);
+    }
     /* the kernel writes; a gradient holding a sum already gets a temporary added in */
     kvf_tensor *pg, *pu;
     kvf_tensor *gg = kvf_grad_out(ctx, n->src[0], &pg), *gu = kvf_grad_out(ctx, n->src[1], &pu);

@@ -73,7 +73,9 @@ static kvf_tensor *rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor
                    (long long)(d0 + 2 * F), KVF_DESC(x));
     KVF_CHECK_NULL(!pos || (pos->ndim == 1 && pos->shape[0] == T), KVF_ERR_SHAPE,
                    "rope: pos %s must be [T] for x %s [B, T, H, D]", KVF_DESC(pos), KVF_DESC(x));
-    kvf_tensor *xc = kvf_contiguous(ctx, x);
+    /* in place works on any dense head rows (a slice of a fused q/k/v projection) */
+    int64_t lt, lh;
+    kvf_tensor *xc = inplace && kvf_tensor_head_rows(x, &lt, &lh) ? x : kvf_contiguous(ctx, x);
     kvf_tensor *p = xc ? positions(ctx, pos, T) : NULL;
     kvf_tensor *f = p ? freq_f32(ctx, inv_freq) : NULL;
     /* in place: the output is a new header over x's storage (the kernels read each pair

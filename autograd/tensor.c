@@ -78,6 +78,16 @@ bool kvf_tensor_rows(const kvf_tensor *t, int64_t *ld) {
     return true;
 }
 
+bool kvf_tensor_head_rows(const kvf_tensor *t, int64_t *ldt, int64_t *ldh) {
+    if (t->ndim != 4) return false;
+    const int64_t *sh = t->shape, *st = t->stride;
+    if (sh[3] > 1 && st[3] != 1) return false;
+    *ldh = sh[2] > 1 ? st[2] : sh[3];
+    *ldt = sh[1] > 1 ? st[1] : sh[2] * *ldh;
+    if (*ldh < sh[3] || *ldt < sh[2] * *ldh) return false; /* rows must not overlap */
+    return sh[0] <= 1 || st[0] == sh[1] * *ldt;
+}
+
 bool kvf_tensor_is_contiguous(const kvf_tensor *t) {
     int64_t expect = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {

@@ -67,6 +67,9 @@ bool    kvf_tensor_is_contiguous(const kvf_tensor *t);
 /* Whether t [.., D] is dense rows of D elements one stride apart (*ld, the row stride;
  * D itself when contiguous): a slice of the last dim of a contiguous tensor is. */
 bool    kvf_tensor_rows(const kvf_tensor *t, int64_t *ld);
+/* Whether t [B, T, H, D] is dense head rows of D at (b·T + t)·ldt + h·ldh (ldt = H·D, ldh = D
+ * when contiguous): slices of the heads or of their dims of a contiguous [B, T, H', D'] are. */
+bool    kvf_tensor_head_rows(const kvf_tensor *t, int64_t *ldt, int64_t *ldh);
 bool    kvf_tensor_same_shape(const kvf_tensor *a, const kvf_tensor *b);
 void   *kvf_tensor_data(const kvf_tensor *t); /* address of element 0 */
 kvf_device kvf_tensor_device(const kvf_tensor *t);

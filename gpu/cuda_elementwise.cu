@@ -861,38 +861,45 @@ kvf_status kvf_cuda_reduce_sum(kvf_tensor *out, const kvf_tensor *x, bool accumu
     KVF_CUDA_DISPATCH("reduce_sum", out->dtype, reduce_t, out, x, accumulate);
 }
 
-/* ---- SwiGLU ---------------------------------------------------------------------------------- */
+/* ---- SwiGLU ----------------------------------------------------------------------------------
+ * gate/up (and dgate/dup) are dense rows of F elements a row stride apart: contiguous (one row
+ * of n, as a flat array) or the halves of a packed [gate | up] projection (rows of F, 2F
+ * apart). out/dout are contiguous; element e of out is row e / F, column e % F. */
+
+__device__ __forceinline__ int64_t sw_at(int64_t e, int64_t F, int64_t ld) { return (e / F) * ld + e % F; }
 
 template <class T>
-__global__ void k_swiglu(T *o, const T *g, const T *u, int64_t n) {
+__global__ void k_swiglu(T *o, const T *g, const T *u, int64_t n, int64_t F, int64_t lg, int64_t lu) {
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
-        float x = kvf_ld(g + e);
-        kvf_st(o + e, x * sigmoidf_(x) * kvf_ld(u + e));
+        float x = kvf_ld(g + sw_at(e, F, lg));
+        kvf_st(o + e, x * sigmoidf_(x) * kvf_ld(u + sw_at(e, F, lu)));
     }
 }
 
 /* The backend contract overwrites dgate/dup; the rule hands over fresh buffers. */
 template <class T>
-__global__ void k_swiglu_bw(T *dg, T *du, const T *g, const T *u, const T *d, int64_t n) {
+__global__ void k_swiglu_bw(T *dg, T *du, const T *g, const T *u, const T *d, int64_t n, int64_t F,
+                            int64_t lg, int64_t lu, int64_t ldg, int64_t ldu) {
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
-        float x = kvf_ld(g + e), s = sigmoidf_(x), dy = kvf_ld(d + e);
-        if (dg) kvf_st(dg + e, dy * kvf_ld(u + e) * s * (1.0f + x * (1.0f - s)));
-        if (du) kvf_st(du + e, dy * x * s);
+        float x = kvf_ld(g + sw_at(e, F, lg)), s = sigmoidf_(x), dy = kvf_ld(d + e);
+        if (dg) kvf_st(dg + sw_at(e, F, ldg), dy * kvf_ld(u + sw_at(e, F, lu)) * s * (1.0f + x * (1.0f - s)));
+        if (du) kvf_st(du + sw_at(e, F, ldu), dy * x * s);
     }
 }
 
-/* k_swiglu, vectorized. */
+/* k_swiglu, vectorized: a word never straddles rows (F a multiple of the word, or one row). */
 template <class T>
 __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_vec(T *o, const T *g, const T *u,
-                                                            int64_t n, int head) {
+                                                            int64_t n, int head, int64_t F,
+                                                            int64_t lg, int64_t lu) {
     constexpr int N = vec_t<T>::N, U = VEC_U(T);
     typedef typename vec_t<T>::W W;
     const int64_t nv = (n - head) / N;
     VEC_SCALAR_FOR(e, n, head, nv * N) {
-        float x = kvf_ld(g + e);
-        kvf_st(o + e, x * sigmoidf_(x) * kvf_ld(u + e));
+        float x = kvf_ld(g + sw_at(e, F, lg));
+        kvf_st(o + e, x * sigmoidf_(x) * kvf_ld(u + sw_at(e, F, lu)));
     }
     o += head;
     g += head;
@@ -903,8 +910,8 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_vec(T *o, const T *g, co
         for (int j = 0; j < U; j++) {
             const int64_t v = v0 + (int64_t)j * blockDim.x;
             if (v < nv) {
-                wg[j] = vld(g + v * N);
-                wu[j] = vld(u + v * N);
+                wg[j] = vld(g + sw_at(v * N, F, lg));
+                wu[j] = vld(u + sw_at(v * N, F, lu));
             }
         }
 #pragma unroll
@@ -933,14 +940,15 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_vec(T *o, const T *g, co
 template <class T>
 __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, const T *g,
                                                                const T *u, const T *d, int64_t n,
-                                                               int head) {
+                                                               int head, int64_t F, int64_t lg,
+                                                               int64_t lu, int64_t ldg, int64_t ldu) {
     constexpr int N = vec_t<T>::N, U = SWIGLU_BW_U(T);
     typedef typename vec_t<T>::W W;
     const int64_t nv = (n - head) / N;
     VEC_SCALAR_FOR(e, n, head, nv * N) {
-        float x = kvf_ld(g + e), s = sigmoidf_(x), dy = kvf_ld(d + e);
-        if (dg) kvf_st(dg + e, dy * kvf_ld(u + e) * s * (1.0f + x * (1.0f - s)));
-        if (du) kvf_st(du + e, dy * x * s);
+        float x = kvf_ld(g + sw_at(e, F, lg)), s = sigmoidf_(x), dy = kvf_ld(d + e);
+        if (dg) kvf_st(dg + sw_at(e, F, ldg), dy * kvf_ld(u + sw_at(e, F, lu)) * s * (1.0f + x * (1.0f - s)));
+        if (du) kvf_st(du + sw_at(e, F, ldu), dy * x * s);
     }
     if (dg) dg += head;
     if (du) du += head;
@@ -953,9 +961,9 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, con
         for (int j = 0; j < U; j++) {
             const int64_t v = v0 + (int64_t)j * blockDim.x;
             if (v < nv) {
-                wg[j] = vld(g + v * N);
+                wg[j] = vld(g + sw_at(v * N, F, lg));
                 wd[j] = vld(d + v * N);
-                if (dg) wu[j] = vld(u + v * N);
+                if (dg) wu[j] = vld(u + sw_at(v * N, F, lu));
             }
         }
 #pragma unroll
@@ -978,7 +986,7 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, con
                     }
                     W r;
                     vpack(r, fo);
-                    vst(dg + v * N, r);
+                    vst(dg + sw_at(v * N, F, ldg), r);
                 }
                 if (du) {
                     float fo[N];
@@ -989,25 +997,47 @@ __global__ void __launch_bounds__(VEC_THREADS) k_swiglu_bw_vec(T *dg, T *du, con
                     }
                     W r;
                     vpack(r, fo);
-                    vst(du + v * N, r);
+                    vst(du + sw_at(v * N, F, ldu), r);
                 }
             }
         }
     }
 }
 
+/* The row layout of a SwiGLU operand: contiguous → one row of n (*ld = n, F = n); else dense
+ * rows of F (*ld their stride). False: neither. */
+static bool sw_rows(const kvf_tensor *t, int64_t n, bool contig, int64_t *ld) {
+    if (!t) {
+        *ld = contig ? n : 0;
+        return true;
+    }
+    if (contig) {
+        *ld = n;
+        return kvf_tensor_is_contiguous(t);
+    }
+    return kvf_tensor_rows(t, ld);
+}
+
 template <class T>
 static kvf_status swiglu_t(kvf_tensor *out, const kvf_tensor *gate, const kvf_tensor *up) {
     int64_t n = kvf_tensor_numel(out);
     if (n == 0) return KVF_OK;
+    const bool contig = kvf_tensor_is_contiguous(gate) && kvf_tensor_is_contiguous(up);
+    const int64_t F = contig ? n : out->shape[out->ndim - 1];
+    int64_t lg, lu;
+    if (!kvf_tensor_is_contiguous(out) || !sw_rows(gate, n, contig, &lg) || !sw_rows(up, n, contig, &lu))
+        return kvf_error_set(KVF_ERR_ARG, "swiglu: gate %s and up %s must be dense rows, out %s "
+                             "contiguous", KVF_CDESC(gate), KVF_CDESC(up), KVF_CDESC(out));
     T *po = (T *)kvf_tensor_data(out);
     const T *pg = (const T *)kvf_tensor_data(gate), *pu = (const T *)kvf_tensor_data(up);
-    int head = vec_head(n, vec_t<T>::N, {{po, sizeof(T)}, {pg, sizeof(T)}, {pu, sizeof(T)}});
+    const int N = vec_t<T>::N;
+    int head = vec_head(n, N, {{po, sizeof(T)}, {pg, sizeof(T)}, {pu, sizeof(T)}});
+    if (!contig && (head != 0 || F % N || lg % N || lu % N)) head = -1;
     if (head >= 0)
-        k_swiglu_vec<T><<<vec_blocks((n - head) / vec_t<T>::N, VEC_U(T)), VEC_THREADS, 0,
-                          KVF_STREAM>>>(po, pg, pu, n, head);
+        k_swiglu_vec<T><<<vec_blocks((n - head) / N, VEC_U(T)), VEC_THREADS, 0, KVF_STREAM>>>(
+            po, pg, pu, n, head, F, lg, lu);
     else
-        k_swiglu<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(po, pg, pu, n);
+        k_swiglu<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(po, pg, pu, n, F, lg, lu);
     KVF_LAUNCH("swiglu", "swiglu %s", KVF_CDESC(out));
     return KVF_OK;
 }
@@ -1024,17 +1054,28 @@ static kvf_status swiglu_bw_t(kvf_tensor *dgate, kvf_tensor *dup, const kvf_tens
                               const kvf_tensor *up, const kvf_tensor *dout) {
     int64_t n = kvf_tensor_numel(dout);
     if (n == 0 || (!dgate && !dup)) return KVF_OK;
+    const bool contig = kvf_tensor_is_contiguous(gate) && kvf_tensor_is_contiguous(up) &&
+                        (!dgate || kvf_tensor_is_contiguous(dgate)) && (!dup || kvf_tensor_is_contiguous(dup));
+    const int64_t F = contig ? n : dout->shape[dout->ndim - 1];
+    int64_t lg, lu, ldg, ldu;
+    if (!kvf_tensor_is_contiguous(dout) || !sw_rows(gate, n, contig, &lg) || !sw_rows(up, n, contig, &lu) ||
+        !sw_rows(dgate, n, contig, &ldg) || !sw_rows(dup, n, contig, &ldu))
+        return kvf_error_set(KVF_ERR_ARG, "swiglu_backward: gate %s, up %s and their gradients "
+                             "must be dense rows, dout %s contiguous", KVF_CDESC(gate), KVF_CDESC(up),
+                             KVF_CDESC(dout));
     T *pdg = dgate ? (T *)kvf_tensor_data(dgate) : NULL, *pdu = dup ? (T *)kvf_tensor_data(dup) : NULL;
     const T *pg = (const T *)kvf_tensor_data(gate), *pu = (const T *)kvf_tensor_data(up),
             *pd = (const T *)kvf_tensor_data(dout);
-    int head = vec_head(n, vec_t<T>::N, {{pdg, sizeof(T)}, {pdu, sizeof(T)}, {pg, sizeof(T)},
-                                         {pdg ? pu : NULL, sizeof(T)}, {pd, sizeof(T)}});
+    const int N = vec_t<T>::N;
+    int head = vec_head(n, N, {{pdg, sizeof(T)}, {pdu, sizeof(T)}, {pg, sizeof(T)},
+                               {pdg ? pu : NULL, sizeof(T)}, {pd, sizeof(T)}});
+    if (!contig && (head != 0 || F % N || lg % N || lu % N || ldg % N || ldu % N)) head = -1;
     if (head >= 0)
-        k_swiglu_bw_vec<T><<<vec_blocks((n - head) / vec_t<T>::N, SWIGLU_BW_U(T)),
-                             VEC_THREADS, 0, KVF_STREAM>>>(pdg, pdu, pg, pu, pd, n, head);
+        k_swiglu_bw_vec<T><<<vec_blocks((n - head) / N, SWIGLU_BW_U(T)), VEC_THREADS, 0, KVF_STREAM>>>(
+            pdg, pdu, pg, pu, pd, n, head, F, lg, lu, ldg, ldu);
     else
         k_swiglu_bw<T><<<kvf_cuda_blocks(n, EW_THREADS), EW_THREADS, 0, KVF_STREAM>>>(
-            pdg, pdu, pg, pu, pd, n);
+            pdg, pdu, pg, pu, pd, n, F, lg, lu, ldg, ldu);
     KVF_LAUNCH("swiglu_backward", "swiglu_backward %s", KVF_CDESC(dout));
     return KVF_OK;
 }

@@ -733,14 +733,14 @@ __global__ void k_rope_table(float2 *cs, const int32_t *pos, const float *freq, 
 template <class T>
 __global__ void k_rope(T *y, const T *x, const float2 *cs, int64_t nt, int64_t nh, int64_t nd,
                        int64_t nf, bool per_head, bool interleaved, bool accumulate, int64_t nrows,
-                       int64_t ldx, int64_t ldy) {
+                       int64_t xt, int64_t xh, int64_t yt, int64_t yh) {
     const int64_t per_row = nd - nf, n = nrows * per_row;
     const int64_t ntab = per_head ? nh * nf : nf;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
         const int64_t row = e / per_row, i = e % per_row;
-        const T *xr = x + row * ldx;
-        T *yr = y + row * ldy;
+        const T *xr = x + (row / nh) * xt + (row % nh) * xh;
+        T *yr = y + (row / nh) * yt + (row % nh) * yh;
         if (i < nf) {
             const int64_t h = row % nh, t = (row / nh) % nt;
             const float2 c = cs[t * ntab + (per_head ? h * nf : 0) + i];
@@ -769,15 +769,17 @@ __global__ void k_rope(T *y, const T *x, const float2 *cs, int64_t nt, int64_t n
 template <class T>
 __global__ void k_rope_vec(T *y, const T *x, const float2 *cs, unsigned nitems, unsigned ipr,
                            unsigned nrot, unsigned nt, unsigned nh, int nd, int nf, int ntab,
-                           bool per_head, bool interleaved, bool accumulate, int64_t ldx, int64_t ldy) {
+                           bool per_head, bool interleaved, bool accumulate, int64_t xt, int64_t xh,
+                           int64_t yt, int64_t yh) {
     constexpr int VEC = vec16<T>::n;
     for (unsigned e = blockIdx.x * blockDim.x + threadIdx.x; e < nitems;
          e += gridDim.x * blockDim.x) {
         const unsigned row = e / ipr, k = e - row * ipr;
-        const T *xr = x + (int64_t)row * ldx;
-        T *yr = y + (int64_t)row * ldy;
+        const unsigned bt = row / nh, h = row - bt * nh;
+        const T *xr = x + (int64_t)bt * xt + (int64_t)h * xh;
+        T *yr = y + (int64_t)bt * yt + (int64_t)h * yh;
         if (k < nrot) {
-            const unsigned bt = row / nh, h = row - bt * nh, t = bt % nt;
+            const unsigned t = bt % nt;
             const float4 *c4 = reinterpret_cast<const float4 *>(
                 cs + (int64_t)t * ntab + (per_head ? (int64_t)h * nf : 0));
             if (!interleaved) {
@@ -859,9 +861,9 @@ static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
     const int64_t ntab = per_head ? nh * nf : nf;
     const int64_t nrows = nb * nt * nh;
     if (nrows == 0 || nd == 0) return KVF_OK;
-    int64_t ldx, ldy;
-    kvf_tensor_rows(x, &ldx);
-    kvf_tensor_rows(y, &ldy);
+    int64_t xt, xh, yt, yh;
+    kvf_tensor_head_rows(x, &xt, &xh);
+    kvf_tensor_head_rows(y, &yt, &yh);
     float2 *cs = NULL;
     if (nt * ntab > 0) {
         cs = (float2 *)kvf_cuda_scratch(sizeof(float2) * (size_t)(nt * ntab), "rope");
@@ -875,7 +877,7 @@ static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
     const int VEC = vec16<T>::n;
     const bool inter = layout == KVF_ROPE_INTERLEAVED;
     if (nd % VEC == 0 && (inter ? (2 * nf) % VEC == 0 : nf % VEC == 0) && aligned16(x) &&
-        aligned16(y) && ldx % VEC == 0 && ldy % VEC == 0 && nd <= INT32_MAX && ntab <= INT32_MAX) {
+        aligned16(y) && xt % VEC == 0 && xh % VEC == 0 && yt % VEC == 0 && yh % VEC == 0 && nd <= INT32_MAX && ntab <= INT32_MAX) {
         const int64_t nrot = inter ? 2 * nf / VEC : nf / VEC, ipr = nrot + (nd - 2 * nf) / VEC;
         const int64_t items = nrows * ipr;
         if (items == 0) return KVF_OK;
@@ -883,7 +885,7 @@ static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
             k_rope_vec<T><<<kvf_cuda_blocks(items, 256), 256, 0, KVF_STREAM>>>(
                 (T *)kvf_tensor_data(y), (const T *)kvf_tensor_data(x), cs, (unsigned)items,
                 (unsigned)ipr, (unsigned)nrot, (unsigned)nt, (unsigned)nh, (int)nd, (int)nf,
-                (int)ntab, per_head, inter, accumulate, ldx, ldy);
+                (int)ntab, per_head, inter, accumulate, xt, xh, yt, yh);
             KVF_LAUNCH("rope_vec", "rope %s", KVF_CDESC(x));
             return KVF_OK;
         }
@@ -892,7 +894,7 @@ static kvf_status rope_t(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
     if (n == 0) return KVF_OK;
     k_rope<T><<<kvf_cuda_blocks(n, 256), 256, 0, KVF_STREAM>>>(
         (T *)kvf_tensor_data(y), (const T *)kvf_tensor_data(x), cs, nt, nh, nd, nf, per_head,
-        layout == KVF_ROPE_INTERLEAVED, accumulate, nrows, ldx, ldy);
+        layout == KVF_ROPE_INTERLEAVED, accumulate, nrows, xt, xh, yt, yh);
     KVF_LAUNCH("rope", "rope %s", KVF_CDESC(x));
     return KVF_OK;
 }
@@ -906,10 +908,11 @@ kvf_status kvf_cuda_rope(kvf_tensor *y, const kvf_tensor *x, const kvf_tensor *p
     if (x->ndim != 4 || y->dtype != x->dtype || 2 * inv_freq->shape[inv_freq->ndim - 1] > x->shape[3])
         return kvf_error_set(KVF_ERR_SHAPE, "rope: x %s, y %s, inv_freq %s do not fit",
                              KVF_CDESC(x), KVF_CDESC(y), KVF_CDESC(inv_freq));
-    int64_t ld;
-    if (!kvf_tensor_rows(x, &ld) || !kvf_tensor_rows(y, &ld))
-        return kvf_error_set(KVF_ERR_ARG, "rope: x %s and y %s must be dense rows (a contiguous "
-                             "tensor or a slice of its last dim)", KVF_CDESC(x), KVF_CDESC(y));
+    int64_t lt, lh;
+    if (!kvf_tensor_head_rows(x, &lt, &lh) || !kvf_tensor_head_rows(y, &lt, &lh))
+        return kvf_error_set(KVF_ERR_ARG, "rope: x %s and y %s must be dense head rows (a "
+                             "contiguous tensor or a slice of its heads or head dims)",
+                             KVF_CDESC(x), KVF_CDESC(y));
     KVF_TRY(check_contig("rope", inv_freq));
     KVF_TRY(check_contig("rope", pos));
     KVF_CUDA_DISPATCH("rope", x->dtype, rope_t, y, x, pos, inv_freq, layout, inverse, accumulate);

@@ -223,6 +223,32 @@ static kvf_tensor *compute_w(kvf_model *m, kvf_ctx *ctx, kvf_tensor *w) {
     return kvf_cast(ctx, w, m->compute_dtype);
 }
 
+/* ws[0..n) stacked by rows as one compute-dtype weight, when they lie one after another in
+ * the parameter buffer, their gradients too (q/k/v and gate/up are registered so): one GEMM
+ * for the n projections, forward and backward. Its master is a view over the same
+ * parameters whose gradient views theirs, so dW lands in each parameter's gradient. NULL
+ * (no error): not adjacent, or a parameter without a gradient. */
+static kvf_tensor *stacked_w(kvf_model *m, kvf_ctx *ctx, kvf_tensor *const *ws, int n) {
+    const kvf_tensor *w0 = ws[0];
+    int64_t rows = 0;
+    for (int i = 0; i < n; i++) {
+        const kvf_tensor *w = ws[i];
+        if (!w || w->ndim != 2 || !kvf_tensor_is_contiguous(w) || w->storage != w0->storage ||
+            w->shape[1] != w0->shape[1] || w->offset != w0->offset + rows * w0->shape[1] ||
+            !w->requires_grad || !w->grad || !kvf_tensor_is_contiguous(w->grad) ||
+            w->grad->storage != w0->grad->storage ||
+            w->grad->offset != w0->grad->offset + rows * w0->shape[1])
+            return NULL;
+        rows += w->shape[0];
+    }
+    kvf_tensor *v = kvf_tensor_view_header(ctx, w0), *g = kvf_tensor_view_header(ctx, w0->grad);
+    if (!v || !g) return NULL;
+    v->shape[0] = g->shape[0] = rows;
+    v->requires_grad = true;
+    v->grad = g;
+    return compute_w(m, ctx, v);
+}
+
 /* x [..., in] · Wᵀ (+ b) */
 static kvf_tensor *linear(kvf_model *m, kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w,
                           kvf_tensor *b) {
@@ -269,7 +295,21 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
             hd = c->head_dim, vd = c->v_head_dim;
     bool prod = kvf_model_is_producer(c, l);
     kvf_tensor *q = NULL;
-    if (c->attn == KVF_ATTN_STANDARD) {
+    kvf_tensor *qkv_w = NULL;
+    if (c->attn == KVF_ATTN_STANDARD && prod && vd == hd && !L->q_b && !L->k_b && !L->v_b)
+        qkv_w = stacked_w(m, ctx, (kvf_tensor *[]){L->q_w, L->k_w, L->v_w}, 3);
+    if (qkv_w) {
+        /* one projection [q | k | v], read as heads; RoPE rotates q's and k's in place */
+        kvf_tensor *qkv = heads(ctx, kvf_matmul(ctx, h, qkv_w, false, true), B, T, nq + 2 * nkv, hd), *p[3];
+        if (!qkv || kvf_split(ctx, qkv, 2, (int64_t[]){nq, nkv, nkv}, 3, p) != KVF_OK) return NULL;
+        q = p[0];
+        *k_io = p[1];
+        *v_io = p[2];
+        if (c->pos == KVF_POS_ROPE) {
+            q = kvf_rope_inplace(ctx, q, NULL, inv_freq, c->rope_layout);
+            *k_io = kvf_rope_inplace(ctx, *k_io, NULL, inv_freq, c->rope_layout);
+        }
+    } else if (c->attn == KVF_ATTN_STANDARD) {
         /* the projections are fresh and read by RoPE alone: rotated in place, so the arena
          * keeps one copy of Q and K */
         q = heads(ctx, linear(m, ctx, h, L->q_w, L->q_b), B, T, nq, hd);
@@ -337,8 +377,12 @@ static kvf_tensor *attention_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor
 static kvf_tensor *mlp_block(kvf_model *m, kvf_ctx *ctx, int l, kvf_tensor *x, kvf_tensor *h) {
     const kvf_model_config *c = &m->cfg;
     const struct kvf_layer_weights *L = &m->layers[l];
-    kvf_tensor *a;
-    if (c->mlp == KVF_MLP_SWIGLU)
+    kvf_tensor *a, *gu_w = NULL;
+    if (c->mlp == KVF_MLP_SWIGLU && !L->gate_b && !L->up_b)
+        gu_w = stacked_w(m, ctx, (kvf_tensor *[]){L->gate_w, L->up_w}, 2);
+    if (gu_w) /* one projection [gate | up] */
+        a = kvf_swiglu_packed(ctx, kvf_matmul(ctx, h, gu_w, false, true));
+    else if (c->mlp == KVF_MLP_SWIGLU)
         a = kvf_swiglu(ctx, linear(m, ctx, h, L->gate_w, L->gate_b), linear(m, ctx, h, L->up_w, L->up_b));
     else
         a = kvf_gelu(ctx, linear(m, ctx, h, L->up_w, L->up_b), c->gelu_exact ? KVF_GELU_ERF : KVF_GELU_TANH);

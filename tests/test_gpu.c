@@ -395,7 +395,7 @@ END_TEST
 /* ---- elementwise ------------------------------------------------------------------------------- */
 
 enum ew_op { EW_ADD, EW_SUB, EW_MUL, EW_DIV, EW_SCALE, EW_EXP, EW_LOG, EW_SILU, EW_GELU_T, EW_GELU_E,
-             EW_SWIGLU, EW_MUL_PERM, EW_ADD_SLICE, EW_UNARY_PERM };
+             EW_SWIGLU, EW_SWIGLU_PACKED, EW_MUL_PERM, EW_ADD_SLICE, EW_UNARY_PERM };
 
 struct ew_case {
     const char *name;
@@ -418,6 +418,7 @@ static kvf_tensor *f_ew(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     case EW_GELU_T: return kvf_gelu(ctx, in[0], KVF_GELU_TANH);
     case EW_GELU_E: return kvf_gelu(ctx, in[0], KVF_GELU_ERF);
     case EW_SWIGLU: return kvf_swiglu(ctx, in[0], in[1]);
+    case EW_SWIGLU_PACKED: return kvf_swiglu_packed(ctx, in[0]);
     case EW_MUL_PERM: /* strided a (a transposed view) times a broadcast b */
         return kvf_mul(ctx, kvf_transpose(ctx, in[0], 0, 2), in[1]);
     case EW_ADD_SLICE: /* a column slice (strided rows) plus a row vector */
@@ -441,6 +442,8 @@ static const struct ew_case ew_cases[] = {
     {"gelu erf [5,37]", EW_GELU_E, 1, {SPEC_F(5, 37)}},
     {"swiglu [5,77]", EW_SWIGLU, 2, {SPEC_F(5, 77), SPEC_F(5, 77)}},
     {"swiglu [3,1000]", EW_SWIGLU, 2, {SPEC_F(3, 1000), SPEC_F(3, 1000)}},
+    {"swiglu packed [3,5,256] (words)", EW_SWIGLU_PACKED, 1, {SPEC_F(3, 5, 256)}},
+    {"swiglu packed [4,38] (elements)", EW_SWIGLU_PACKED, 1, {SPEC_F(4, 38)}},
     {"mul transposed [6,5,4]ᵀ*[4,5,1]", EW_MUL_PERM, 2, {SPEC_F(6, 5, 4), SPEC_F(4, 5, 1)}},
     {"add slice [9,31][:,3:20]+[17]", EW_ADD_SLICE, 2, {SPEC_F(9, 31), SPEC_F(17)}},
     {"silu permuted [3,4,5]", EW_UNARY_PERM, 1, {SPEC_F(3, 4, 5)}},
@@ -589,6 +592,15 @@ static kvf_tensor *f_rope_inplace(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     return kvf_rope_inplace(ctx, kvf_scale(ctx, in[0], 1.0), pos, freq, c->layout);
 }
 
+/* In place over heads [1, H − 1) of a fresh copy (the q of a fused q/k/v projection: no copy). */
+static kvf_tensor *f_rope_inplace_heads(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    const struct rope_case *c = ud;
+    kvf_tensor *freq = kvf_rope_inv_freq(ctx, 2 * c->F, 10000.0);
+    kvf_tensor *pos = c->with_pos ? in[1] : NULL;
+    kvf_tensor *sl = kvf_slice(ctx, kvf_scale(ctx, in[0], 1.0), 2, 1, c->H - 2);
+    return kvf_rope_inplace(ctx, sl, pos, freq, c->layout);
+}
+
 /* In place over the last 2F dims of each head (MLA's q), when 2F < D. */
 static kvf_tensor *f_rope_inplace_at(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     const struct rope_case *c = ud;
@@ -623,6 +635,9 @@ START_TEST(rope_vs_cpu) {
         ck_assert_msg(compare_op(c->name, f_rope, (void *)c, n, sp, DTYPES[d], 0), "%s", c->name);
         ck_assert_msg(compare_op(c->name, f_rope_inplace, (void *)c, n, sp, DTYPES[d], 0),
                       "%s (in place)", c->name);
+        if (c->H >= 3 && !c->per_head)
+            ck_assert_msg(compare_op(c->name, f_rope_inplace_heads, (void *)c, n, sp, DTYPES[d], 0),
+                          "%s (in place, heads slice)", c->name);
         if (2 * c->F < c->D)
             ck_assert_msg(compare_op(c->name, f_rope_inplace_at, (void *)c, n, sp, DTYPES[d], 0),
                           "%s (in place, last 2F dims)", c->name);

@@ -153,6 +153,50 @@ START_TEST(swiglu_grad) {
 }
 END_TEST
 
+/* The packed form of a fused gate/up projection: the same values and gradients as
+ * kvf_swiglu of its halves (checked bit for bit below), and a gradcheck of its own, also
+ * with gu read again (its gradient then holds a sum when the rule runs). */
+static kvf_tensor *f_swiglu_packed(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
+    kvf_tensor *y = kvf_swiglu_packed(ctx, in[0]);
+    if (ud) y = kvf_add(ctx, y, kvf_slice(ctx, kvf_mul(ctx, in[0], in[0]), 1, 3, 7));
+    return y;
+}
+
+START_TEST(swiglu_packed_grad) {
+    struct gc_input in[1];
+    gc_input_randn(&in[0], &rng, 1.5, 2, (int64_t[]){3, 14});
+    ck_assert(kvf_gradcheck("swiglu_packed", f_swiglu_packed, NULL, 1, in, NULL));
+    int twice = 1;
+    ck_assert(kvf_gradcheck("swiglu_packed, gu reused", f_swiglu_packed, &twice, 1, in, NULL));
+    gc_inputs_free(1, in);
+    /* odd last dim: no halves */
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    ck_assert_ptr_null(kvf_swiglu_packed(ctx, kvf_tensor_zeros(ctx, KVF_DTYPE_F32, 2, (int64_t[]){2, 5})));
+    ck_assert_ptr_nonnull(strstr(kvf_error_message(), "swiglu_packed"));
+    kvf_error_clear();
+    kvf_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(swiglu_packed_bitwise) {
+    double v[4 * 12], r[2][4 * 6 + 4 * 12];
+    for (int i = 0; i < 48; i++) v[i] = 1.5 * kvf_rng_normal(&rng);
+    for (int packed = 0; packed < 2; packed++) {
+        kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+        kvf_tensor *x = kvf_tensor_new(ctx, KVF_DTYPE_F32, 2, (int64_t[]){4, 12});
+        for (int i = 0; i < 48; i++) kvf_tensor_set_flat(x, i, v[i]);
+        x->requires_grad = true;
+        kvf_tensor *y = packed ? kvf_swiglu_packed(ctx, x)
+                               : kvf_swiglu(ctx, kvf_slice(ctx, x, 1, 0, 6), kvf_slice(ctx, x, 1, 6, 6));
+        ck_assert_int_eq(kvf_backward(ctx, kvf_sum(ctx, kvf_mul(ctx, y, y), KVF_ALL_AXES, false)), KVF_OK);
+        for (int i = 0; i < 24; i++) r[packed][i] = kvf_tensor_get_flat(y, i);
+        for (int i = 0; i < 48; i++) r[packed][24 + i] = kvf_tensor_get_flat(x->grad, i);
+        kvf_ctx_free(ctx);
+    }
+    ck_assert_msg(memcmp(r[0], r[1], sizeof r[0]) == 0, "swiglu_packed differs from swiglu of the halves");
+}
+END_TEST
+
 static kvf_tensor *f_views(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     /* reshape → permute → slice → expand → contiguous → concat with a split part */
     kvf_tensor *x = kvf_reshape(ctx, in[0], 3, (int64_t[]){2, 3, -1}); /* [2,3,4] */
@@ -427,6 +471,8 @@ int main(void) {
     tcase_add_test(tc, unary_strided_input);
     tcase_add_test(tc, reduce_grad);
     tcase_add_test(tc, swiglu_grad);
+    tcase_add_test(tc, swiglu_packed_grad);
+    tcase_add_test(tc, swiglu_packed_bitwise);
     tcase_add_test(tc, views_grad);
     tcase_add_test(tc, split_grad);
     tcase_add_test(tc, split_grouped_bitwise);

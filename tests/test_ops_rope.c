@@ -17,12 +17,17 @@ struct rope_case {
     bool twice;        /* rope(x) + x: the backward must accumulate into dx */
     bool inplace;      /* kvf_rope_inplace on a fresh 1.5·x */
     int64_t at;        /* > 0: kvf_rope_inplace_at(.., at, ..) on a fresh 1.5·x */
+    bool heads;        /* in place on heads [1, H − 1) of a fresh 1.5·x (a fused q/k/v's q) */
 };
 
 static kvf_tensor *f_rope(kvf_ctx *ctx, kvf_tensor **in, void *ud) {
     struct rope_case *c = ud;
     kvf_tensor *x = in[0];
     if (c->fused) x = kvf_slice(ctx, x, 3, 2, x->shape[3] - 3);
+    if (c->heads) {
+        kvf_tensor *sl = kvf_slice(ctx, kvf_scale(ctx, x, 1.5), 2, 1, x->shape[2] - 2);
+        return kvf_rope_inplace(ctx, sl, c->explicit_pos ? in[2] : NULL, in[1], c->layout);
+    }
     if (c->at)
         return kvf_rope_inplace_at(ctx, kvf_scale(ctx, x, 1.5), c->at, c->explicit_pos ? in[2] : NULL, in[1], c->layout);
     if (c->inplace)
@@ -87,6 +92,8 @@ START_TEST(rope_grad_inplace) {
         ck_assert_msg(check_rope("rope in place", c, 2, 5, 3, 8, 3, false), "layout %d", l);
         c.explicit_pos = c.fused = true;
         ck_assert_msg(check_rope("rope in place, slice", c, 1, 4, 2, 8, 4, true), "layout %d", l);
+        struct rope_case h = {.layout = c.layout, .heads = true};
+        ck_assert_msg(check_rope("rope in place, heads slice", h, 2, 4, 5, 8, 3, false), "layout %d", l);
     }
 }
 END_TEST
