@@ -30,6 +30,17 @@ namespace {
 enum : int64_t { UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_DO, UID_DQ, UID_DK, UID_DV };
 
 int g_state = -1; /* -1 not tried, 0 unavailable or off, 1 loaded */
+int64_t g_ws_cap = -1;   /* backward workspace cap in bytes; -1: not read yet */
+int64_t g_last_chunk = 0; /* batch elements per call of the last backward */
+
+/* KVF_CUDNN_WS_CAP (bytes), default 256 MiB */
+int64_t ws_cap() {
+    if (g_ws_cap < 0) {
+        const char *e = std::getenv("KVF_CUDNN_WS_CAP");
+        g_ws_cap = e && *e ? std::atoll(e) : (int64_t)256 << 20;
+    }
+    return g_ws_cap;
+}
 bool g_enabled = true;
 int g_version = 0;
 cudnnHandle_t g_handle = nullptr;
@@ -234,13 +245,51 @@ extern "C" int kvf_cudnn_attn_bwd(const kvf_cudnn_attn *a, kvf_status *st) {
         return 0;
     const graph_entry *e = graph_for(a, true);
     if (!e) return 0;
-    std::unordered_map<int64_t, void *> pack = {
-        {UID_Q, (void *)a->q},       {UID_K, (void *)a->k},   {UID_V, (void *)a->v},
-        {UID_O, (void *)a->o_in},    {UID_DO, (void *)a->dout}, {UID_STATS, (void *)a->lse_in},
-        {UID_DQ, a->dq},             {UID_DK, a->dk},         {UID_DV, a->dv}};
-    *st = run(e, a, pack, "attention_backward (cuDNN)");
+    /* The deterministic backward keeps dS for a separate dQ pass: its workspace grows as
+     * B·Hq·T·S (0.4 GB at B 16, T 1024, 12 heads; 3.2 GB at B 2, T 8192). Above the cap the
+     * batch runs in equal chunks, the largest whose workspace fits, one call each: every
+     * batch element's result is the same either way (tests/test_gpu.c). */
+    int64_t chunk = a->B;
+    if (e->workspace > ws_cap())
+        for (chunk = a->B - 1; chunk > 1; chunk--)
+            if (a->B % chunk == 0 && e->workspace / a->B * chunk <= ws_cap()) break;
+    kvf_cudnn_attn sub = *a;
+    sub.B = chunk;
+    const graph_entry *se = chunk < a->B ? graph_for(&sub, true) : nullptr;
+    if (!se) {
+        chunk = a->B;
+        se = e;
+        sub = *a;
+    }
+    g_last_chunk = chunk;
+    const size_t bf = 2; /* bf16 */
+    for (int64_t b0 = 0; b0 < a->B; b0 += chunk) {
+        sub.q = (const char *)a->q + b0 * a->q_b * bf;
+        sub.k = (const char *)a->k + b0 * a->k_b * bf;
+        sub.v = (const char *)a->v + b0 * a->v_b * bf;
+        sub.o_in = (const char *)a->o_in + b0 * a->T * a->Hq * a->Dv * bf;
+        sub.dout = (const char *)a->dout + b0 * a->T * a->Hq * a->Dv * bf;
+        sub.lse_in = a->lse_in + b0 * a->Hq * a->T;
+        sub.dq = (char *)a->dq + b0 * a->T * a->Hq * a->Dk * bf;
+        sub.dk = (char *)a->dk + b0 * a->S * a->Hkv * a->Dk * bf;
+        sub.dv = (char *)a->dv + b0 * a->S * a->Hkv * a->Dv * bf;
+        std::unordered_map<int64_t, void *> pack = {
+            {UID_Q, (void *)sub.q},       {UID_K, (void *)sub.k},     {UID_V, (void *)sub.v},
+            {UID_O, (void *)sub.o_in},    {UID_DO, (void *)sub.dout}, {UID_STATS, (void *)sub.lse_in},
+            {UID_DQ, sub.dq},             {UID_DK, sub.dk},           {UID_DV, sub.dv}};
+        *st = run(se, &sub, pack, "attention_backward (cuDNN)");
+        if (*st != KVF_OK) break;
+    }
     return 1;
 }
+
+extern "C" int64_t kvf_cudnn_set_ws_cap(int64_t bytes) {
+    int64_t old = ws_cap();
+    g_ws_cap = bytes;
+    return old;
+}
+
+extern "C" int64_t kvf_cudnn_last_bwd_chunk(void) { return g_last_chunk; }
 
 #else /* built without the cudnn-frontend headers: attention uses kvforge's own kernels */
 
@@ -251,5 +300,7 @@ extern "C" int kvf_cudnn_available(int *version) {
 extern "C" int kvf_cudnn_enable(int on) { return 0; }
 extern "C" int kvf_cudnn_attn_fwd(const kvf_cudnn_attn *a, kvf_status *st) { return 0; }
 extern "C" int kvf_cudnn_attn_bwd(const kvf_cudnn_attn *a, kvf_status *st) { return 0; }
+extern "C" int64_t kvf_cudnn_set_ws_cap(int64_t bytes) { return 0; }
+extern "C" int64_t kvf_cudnn_last_bwd_chunk(void) { return 0; }
 
 #endif

@@ -35,6 +35,12 @@ struct kvf_cudnn_attn {
 int kvf_cudnn_attn_fwd(const struct kvf_cudnn_attn *a, kvf_status *st);
 int kvf_cudnn_attn_bwd(const struct kvf_cudnn_attn *a, kvf_status *st);
 
+/* The cap on the backward's workspace in bytes (KVF_CUDNN_WS_CAP, default 256 MiB), above
+ * which the batch runs in chunks; returns the previous cap. The batch elements per call of
+ * the last backward (tests). */
+int64_t kvf_cudnn_set_ws_cap(int64_t bytes);
+int64_t kvf_cudnn_last_bwd_chunk(void);
+
 /* Whether cuDNN is loaded and allowed (loads it on the first call); its version (e.g.
  * 91900) in *version when non-NULL. */
 int kvf_cudnn_available(int *version);

@@ -46,6 +46,11 @@ static int kvf_cudnn_available(int *version) {
     if (version) *version = 0;
     return 0;
 }
+static int64_t kvf_cudnn_set_ws_cap(int64_t bytes) {
+    (void)bytes;
+    return 0;
+}
+static int64_t kvf_cudnn_last_bwd_chunk(void) { return 0; }
 #endif
 #include "model/checkpoint.h"
 #include "model/transformer.h"
@@ -769,6 +774,38 @@ START_TEST(attention_vs_cpu) {
             kvf_cudnn_enable(was);
             ck_assert_msg(ok, "%s (%s)", c->name, cudnn ? "cuDNN where it applies" : "own kernels");
         }
+}
+END_TEST
+
+/* cuDNN's deterministic backward run in batch chunks (its workspace over the cap) gives the
+ * bits of one call over the whole batch. */
+START_TEST(cudnn_backward_chunked) {
+    if (!kvf_cudnn_available(NULL)) {
+        printf("cudnn_backward_chunked: cuDNN not loaded: skipped\n");
+        return;
+    }
+    const struct attn_case c = {"chunked", 4, 128, 128, 4, 2, 64, 64, true, 0, FORM_PLAIN};
+    struct spec sp[3] = {SPEC_F(c.B, c.T, c.Hq, c.Dk), SPEC_F(c.B, c.S, c.Hkv, c.Dk),
+                         SPEC_F(c.B, c.S, c.Hkv, c.Dv)};
+    struct host_in h[3];
+    make_inputs(3, sp, h, KVF_DTYPE_BF16);
+    struct run_result r[2];
+    int64_t chunks[2];
+    for (int i = 0; i < 2; i++) {
+        int64_t old = kvf_cudnn_set_ws_cap(i ? 1 : (int64_t)1 << 40);
+        ck_assert(run_once("chunked", g_gpu, f_attn, (void *)&c, 3, sp, h, KVF_DTYPE_BF16, KVF_DTYPE_BF16, &r[i]));
+        chunks[i] = kvf_cudnn_last_bwd_chunk();
+        kvf_cudnn_set_ws_cap(old);
+    }
+    ck_assert_int_eq(chunks[0], c.B);
+    ck_assert_int_eq(chunks[1], 1);
+    ck_assert(memcmp(r[0].y, r[1].y, sizeof(float) * (size_t)r[0].ny) == 0);
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(memcmp(r[0].grad[i], r[1].grad[i], sizeof(float) * (size_t)h[i].n) == 0,
+                      "gradient of input %d differs when the batch is chunked", i);
+    result_free(&r[0]);
+    result_free(&r[1]);
+    free_inputs(3, h);
 }
 END_TEST
 
@@ -1763,6 +1800,7 @@ int main(void) {
     if (WANT("rope")) tcase_add_loop_test(tc, rope_vs_cpu, 0, NCASES(rope_cases));
     if (WANT("attention")) {
         tcase_add_test(tc, cudnn_loads);
+        tcase_add_test(tc, cudnn_backward_chunked);
         tcase_add_loop_test(tc, attention_vs_cpu, 0, NCASES(attn_cases));
     }
     if (WANT("loss")) {
