@@ -67,8 +67,9 @@ kvf_tensor *kvf_layernorm(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *w, kvf_tensor
  * inv_freq with the dropped ones zeroed. kvf_rope_inv_freq fills theta^(-2i/dim). */
 kvf_tensor *kvf_rope(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
                      kvf_rope_layout layout);
-/* kvf_rope writing over x's storage (x contiguous; else over a contiguous copy): for an x
- * that nothing reads again and no backward rule keeps, such as a fresh projection. */
+/* kvf_rope writing over x's storage (x dense head rows: contiguous, or a slice of the heads
+ * or head dims of a contiguous tensor; else over a contiguous copy): for an x that nothing
+ * reads again and no backward rule keeps, such as a fresh projection or a head slice of one. */
 kvf_tensor *kvf_rope_inplace(kvf_ctx *ctx, kvf_tensor *x, kvf_tensor *pos, kvf_tensor *inv_freq,
                              kvf_rope_layout layout);
 /* kvf_rope_inplace rotating dims [d0, d0 + 2F) of each head instead of the first 2F (the
