@@ -124,6 +124,29 @@ START_TEST(broadcast_like_naive_loops) {
 }
 END_TEST
 
+/* The row layouts RoPE and SwiGLU kernels take: dense rows a stride apart (slices of the
+ * last dim), head rows (slices of heads or head dims); transposed or broadcast views are not. */
+START_TEST(row_layouts) {
+    kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
+    kvf_tensor *x = kvf_tensor_zeros(ctx, KVF_DTYPE_F32, 4, (int64_t[]){2, 3, 5, 8});
+    int64_t ld, lt, lh;
+    ck_assert(kvf_tensor_rows(x, &ld) && ld == 8);
+    ck_assert(kvf_tensor_head_rows(x, &lt, &lh) && lt == 40 && lh == 8);
+    kvf_tensor *dims = kvf_slice(ctx, x, 3, 2, 4); /* [2, 3, 5, 4] of rows 8 apart */
+    ck_assert(kvf_tensor_rows(dims, &ld) && ld == 8);
+    ck_assert(kvf_tensor_head_rows(dims, &lt, &lh) && lt == 40 && lh == 8);
+    kvf_tensor *hs = kvf_slice(ctx, x, 2, 1, 3); /* heads 1..3: rows not evenly spaced */
+    ck_assert(!kvf_tensor_rows(hs, &ld));
+    ck_assert(kvf_tensor_head_rows(hs, &lt, &lh) && lt == 40 && lh == 8);
+    ck_assert(!kvf_tensor_head_rows(kvf_transpose(ctx, x, 1, 2), &lt, &lh));
+    ck_assert(!kvf_tensor_rows(kvf_transpose(ctx, x, 2, 3), &ld));
+    kvf_tensor *b = kvf_expand(ctx, kvf_slice(ctx, x, 2, 0, 1), 4, (int64_t[]){2, 3, 5, 8});
+    ck_assert(!kvf_tensor_head_rows(b, &lt, &lh));
+    ck_assert(!kvf_tensor_rows(b, &ld));
+    kvf_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(tape_fan_out) {
     /* y = Σ (x·x + x) · x: x feeds four uses; dy/dx = 3x² + 2x exactly */
     kvf_ctx *ctx = kvf_ctx_init(KVF_DEVICE_CPU);
@@ -296,6 +319,7 @@ int main(void) {
     tcase_add_test(tc, f16_roundtrip_exhaustive);
     tcase_add_test(tc, views_index_like_naive_loops);
     tcase_add_test(tc, broadcast_like_naive_loops);
+    tcase_add_test(tc, row_layouts);
     tcase_add_test(tc, tape_fan_out);
     tcase_add_test(tc, no_grad_mode);
     tcase_add_test(tc, arena_reuse);
